@@ -1,0 +1,162 @@
+"""The model: causality, KV cache, gradient checkpointing, attention backends, reference logits."""
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+from hugging_face.weights import from_hf_state_dict, from_hf_config, to_hf_config
+from transformer_setup.params import ModelConfig, build_configs
+from transformer_setup.transformer import GPT, flash_attn_func
+
+LLAMA_SMALL = dict(vocab_size=101, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
+                   ffn_hidden=96)
+GPT2_SMALL = dict(vocab_size=101, block_size=32, n_layer=2, n_head=4, n_embd=64, mlp="gelu",
+                  norm="layernorm", pos_emb="learned", bias=True, tie_embeddings=True)
+
+
+def make_model(seed: int = 0, **fields) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(**fields)).eval()
+
+
+@pytest.mark.parametrize("fields", [LLAMA_SMALL, GPT2_SMALL], ids=["llama", "gpt2"])
+def test_changing_a_token_never_changes_earlier_logits(fields):
+    model = make_model(**fields)
+    idx = torch.randint(0, 101, (2, 20))
+    with torch.no_grad():
+        before = model(idx)
+        for t in (0, 7, 19):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % 101
+            after = model(changed)
+            torch.testing.assert_close(after[:, :t], before[:, :t], rtol=0, atol=0)
+            assert not torch.allclose(after[:, t], before[:, t])
+
+
+@pytest.mark.parametrize("fields", [LLAMA_SMALL, GPT2_SMALL, dict(LLAMA_SMALL, vocab_multiple=64)],
+                         ids=["llama-gqa", "gpt2", "padded-vocab"])
+def test_kv_cache_decoding_matches_full_forward(fields):
+    model = make_model(**fields)
+    idx = torch.randint(0, 101, (3, 24))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_kv_cache(batch_size=3)
+        # Prefill 10 tokens, then a chunk of 5, then one token at a time.
+        pieces = [model(idx[:, :10], start=0), model(idx[:, 10:15], start=10)]
+        pieces += [model(idx[:, t:t + 1], start=t) for t in range(15, 24)]
+        model.clear_kv_cache()
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert full.shape[-1] == 101  # padding ids are never exposed as logits
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_gradient_checkpointing_gives_same_loss_and_gradients(dropout):
+    fields = dict(LLAMA_SMALL, dropout=dropout)
+    idx, targets = torch.randint(0, 101, (2, 32)), torch.randint(0, 101, (2, 32))
+    results = []
+    for ckpt in (False, True):
+        model = make_model(**fields, gradient_checkpointing=ckpt).train()
+        torch.manual_seed(123)  # the same dropout masks in both runs
+        loss = model(idx, targets)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-6, atol=1e-7)
+
+
+def saved_activation_bytes(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward (parameters excluded), measured while the graph is built."""
+    params = {p.data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved[(t.data_ptr(), t.shape)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, targets)
+    return sum(saved.values())
+
+
+def test_gradient_checkpointing_really_keeps_less_for_backward():
+    fields = dict(LLAMA_SMALL, n_layer=6)
+    idx, targets = torch.randint(0, 101, (4, 32)), torch.randint(0, 101, (4, 32))
+    plain = saved_activation_bytes(make_model(**fields).train(), idx, targets)
+    ckpt = saved_activation_bytes(make_model(**fields, gradient_checkpointing=True).train(),
+                                  idx, targets)
+    assert ckpt < plain / 3, (ckpt, plain)
+
+
+@pytest.mark.skipif(flash_attn_func is None or not torch.cuda.is_available(),
+                    reason="flash-attn needs its package and a CUDA device")
+@pytest.mark.parametrize("fields", [LLAMA_SMALL, dict(LLAMA_SMALL, n_kv_head=4)])
+def test_flash_attn_and_sdpa_agree(fields):
+    flash = make_model(**fields, attention="flash").cuda()
+    sdpa = make_model(**fields, attention="sdpa").cuda()
+    idx = torch.randint(0, 101, (2, 32), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.testing.assert_close(flash(idx).float(), sdpa(idx).float(), rtol=2e-2, atol=2e-2)
+
+
+def copy_from_reference(ref: torch.nn.Module) -> GPT:
+    config = from_hf_config(ref.config)
+    model = GPT(config).eval()
+    model.load_state_dict(from_hf_state_dict(ref.state_dict(), config))
+    return model
+
+
+@pytest.mark.parametrize("fields", [
+    LLAMA_SMALL,
+    dict(LLAMA_SMALL, n_kv_head=4, bias=True, tie_embeddings=True, rope_theta=500.0),
+    dict(LLAMA_SMALL, n_kv_head=1, norm_eps=1e-6),
+], ids=["gqa", "mha-bias-tied", "mqa"])
+def test_logits_equal_transformers_llama(fields):
+    torch.manual_seed(0)
+    ref = LlamaForCausalLM(to_hf_config(ModelConfig(**fields))).eval()
+    model = copy_from_reference(ref)
+    idx = torch.randint(0, 101, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fields", [GPT2_SMALL, dict(GPT2_SMALL, ffn_hidden=80)])
+def test_logits_equal_transformers_gpt2(fields):
+    torch.manual_seed(0)
+    ref = GPT2LMHeadModel(to_hf_config(ModelConfig(**fields))).eval()
+    model = copy_from_reference(ref)
+    idx = torch.randint(0, 101, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, rtol=1e-5, atol=1e-5)
+
+
+def count_params(preset: str, **overrides) -> int:
+    model_config, _ = build_configs(preset, overrides)
+    with torch.device("meta"):
+        return GPT(model_config).num_params()
+
+
+def test_parameter_counts():
+    assert count_params("gpt2") == 124_439_808
+    tinyllama = dict(n_layer=22, n_embd=2048, n_head=32, n_kv_head=4, ffn_hidden=5632,
+                     vocab_size=32000)
+    assert count_params("1b", **tinyllama) == 1_100_048_384
+    assert 1.0e9 <= count_params("1b") <= 1.2e9
+
+
+def test_parameter_count_matches_transformers():
+    for fields in (LLAMA_SMALL, GPT2_SMALL):
+        torch.manual_seed(0)
+        config = ModelConfig(**fields)
+        ref_cls = LlamaForCausalLM if fields is LLAMA_SMALL else GPT2LMHeadModel
+        assert GPT(config).num_params() == ref_cls(to_hf_config(config)).num_parameters()
+
+
+def test_flops_per_token_counts_matmuls_and_attention():
+    config = ModelConfig(**LLAMA_SMALL)
+    C, kv, F, V, L, T = 64, 32, 96, 101, 2, 32
+    per_layer = C * (C + 2 * kv) + C * C + C * 2 * F + F * C
+    expected = 6 * (L * per_layer + V * C) + 12 * L * C * T
+    assert GPT(config).flops_per_token() == expected

@@ -1,0 +1,204 @@
+"""Configuration: the model's shape (ModelConfig), the training recipe (TrainConfig) and presets.
+
+Both configs are plain dataclasses validated on construction, so a bad value fails at once with a
+message that names the field, not deep inside a forward pass. Checkpoints store them with
+`dataclasses.asdict`, and `ModelConfig(**d)` rebuilds one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value the user chose is invalid. Entry scripts print it as one line."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{name} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def _require_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value > 0, f"{name} must be positive (got {value})")
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a decoder-only transformer. Defaults are the modern (Llama-style) family."""
+
+    vocab_size: int = 50257  # tokens the tokenizer can produce
+    vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64 is faster on GPUs)
+    block_size: int = 1024  # context length
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
+    n_embd: int = 768
+    ffn_hidden: int | None = None  # MLP hidden size; None: 4*n_embd (gelu) or ~8/3*n_embd (swiglu)
+    mlp: str = "swiglu"  # swiglu | gelu
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    norm_eps: float = 1e-5
+    pos_emb: str = "rope"  # rope | learned
+    rope_theta: float = 10000.0
+    bias: bool = False  # biases in linear layers and LayerNorm
+    tie_embeddings: bool = False  # share the token embedding with the output head
+    dropout: float = 0.0
+    init_std: float = 0.02
+    gradient_checkpointing: bool = False  # recompute each block in backward to save memory
+    attention: str = "auto"  # auto (flash-attn if usable, else SDPA) | flash | sdpa
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.ffn_hidden is None:
+            self.ffn_hidden = default_ffn_hidden(self.n_embd, self.mlp)
+        _require_positive(self, "vocab_size", "vocab_multiple", "block_size", "n_layer", "n_head",
+                          "n_kv_head", "n_embd", "ffn_hidden", "norm_eps", "rope_theta", "init_std")
+        _require(self.n_embd % self.n_head == 0,
+                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        _require(self.n_head % self.n_kv_head == 0,
+                 f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1) (got {self.dropout})")
+        _require_choice("mlp", self.mlp, ("swiglu", "gelu"))
+        _require_choice("norm", self.norm, ("rmsnorm", "layernorm"))
+        _require_choice("pos_emb", self.pos_emb, ("rope", "learned"))
+        _require_choice("attention", self.attention, ("auto", "flash", "sdpa"))
+        if self.pos_emb == "rope":
+            _require(self.head_dim % 2 == 0,
+                     f"rope needs an even head size, n_embd / n_head = {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding: vocab_size rounded up to vocab_multiple. Extra ids never occur."""
+        return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
+
+
+def default_ffn_hidden(n_embd: int, mlp: str) -> int:
+    """GELU: 4*n_embd. SwiGLU has three matrices, so 2/3 of that (as Llama), rounded up to 256."""
+    if mlp == "gelu":
+        return 4 * n_embd
+    return 256 * math.ceil(8 * n_embd / 3 / 256)
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, optimisation, evaluation and checkpointing."""
+
+    data: str = "pydocs"  # dataset name or local path (see data/README.md)
+    tokenizer: str = "gpt2"  # gpt2 | bytes | a trained tokenizer's folder
+    out_dir: str = "out"
+    max_iters: int = 5000  # optimizer steps
+    batch_size: int = 16  # sequences per micro-batch (per process)
+    accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 6e-4  # peak, reached after warmup
+    min_lr: float = 6e-5  # floor of the cosine decay
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # where the cosine reaches min_lr; None: max_iters
+    weight_decay: float = 0.1  # on matrices only; norms, biases and embeddings are not decayed
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # steps between validation passes
+    eval_iters: int = 20  # validation batches per pass (the same batches every time)
+    save_interval: int = 1000  # steps between writes of latest.pt (also written at the end)
+    log_interval: int = 10
+    sample_tokens: int = 64  # length of the sample printed at each evaluation; 0 disables
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | bf16 | fp16 | fp32
+    tensorboard: bool = True
+    dry_run: bool = False  # print size, FLOPs and memory estimate, then exit
+    resume: bool = False  # continue from out_dir/latest.pt
+
+    def __post_init__(self) -> None:
+        if self.lr_decay_iters is None:
+            self.lr_decay_iters = self.max_iters
+        _require_positive(self, "max_iters", "batch_size", "accumulation_steps", "eval_interval",
+                          "eval_iters", "save_interval", "log_interval")
+        _require(self.learning_rate > 0, f"learning_rate must be positive (got {self.learning_rate})")
+        _require(0 <= self.min_lr <= self.learning_rate,
+                 f"min_lr must be in [0, learning_rate] (got {self.min_lr})")
+        _require(self.warmup_iters >= 0, f"warmup_iters must be >= 0 (got {self.warmup_iters})")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
+        _require(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})")
+        _require(self.sample_tokens >= 0, f"sample_tokens must be >= 0 (got {self.sample_tokens})")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"{name} must be in [0, 1) (got {value})")
+        _require_choice("dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
+
+
+# Presets: field overrides for (ModelConfig, TrainConfig). Command-line values override these.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # A character-level model that learns visible structure in a few minutes on 2 CPU cores.
+    "tiny": {
+        "model": dict(block_size=128, n_layer=4, n_head=4, n_embd=128, vocab_multiple=64),
+        "train": dict(tokenizer="bytes", data="pydocs", out_dir="out/tiny", max_iters=600,
+                      batch_size=32, learning_rate=2e-3, min_lr=2e-4, warmup_iters=30,
+                      weight_decay=0.1, eval_interval=100, eval_iters=10, save_interval=200,
+                      log_interval=20, dtype="fp32"),
+    },
+    # GPT-2 small (124M): learned positions, LayerNorm, GELU, biases, tied embeddings.
+    "gpt2": {
+        "model": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                      mlp="gelu", norm="layernorm", pos_emb="learned", bias=True,
+                      tie_embeddings=True),
+        "train": dict(tokenizer="gpt2", out_dir="out/gpt2", batch_size=16, accumulation_steps=32,
+                      learning_rate=6e-4, min_lr=6e-5, warmup_iters=700, max_iters=19000,
+                      eval_interval=1000),
+    },
+    # The flagship (~1.06B with the GPT-2 vocabulary): Llama-style SwiGLU/RoPE/RMSNorm.
+    "1b": {
+        "model": dict(vocab_size=50257, vocab_multiple=64, block_size=1024, n_layer=24,
+                      n_head=12, n_embd=1536, ffn_hidden=6144, mlp="swiglu", norm="rmsnorm",
+                      pos_emb="rope", bias=False, tie_embeddings=False),
+        "train": dict(tokenizer="gpt2", out_dir="checkpoints_1B", batch_size=72,
+                      accumulation_steps=4, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
+                      max_iters=100000, grad_clip=1.0, eval_interval=1000, save_interval=1000),
+    },
+}
+
+
+def build_configs(preset: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Start from defaults, apply a preset, then overrides (keys of either config)."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_kwargs: dict[str, Any] = {}
+    train_kwargs: dict[str, Any] = {}
+    if preset is not None:
+        _require(preset in PRESETS,
+                 f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        model_kwargs.update(PRESETS[preset]["model"])
+        train_kwargs.update(PRESETS[preset]["train"])
+    for key, value in (overrides or {}).items():
+        if key in model_fields:
+            model_kwargs[key] = value
+        elif key in train_fields:
+            train_kwargs[key] = value
+        else:
+            raise ConfigError(f"unknown config field {key!r}")
+    return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Rebuild a config stored in a checkpoint, ignoring fields this version no longer has."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "PRESETS", "build_configs",
+           "config_from_dict", "default_ffn_hidden"]
