@@ -175,5 +175,6 @@ def from_hf_state_dict(hf_sd: dict[str, Tensor], config: ModelConfig) -> dict[st
                              ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
                 out[f"{ours}{dst}.weight"] = hf_sd[f"{theirs}{src}.weight"].t()
                 out[f"{ours}{dst}.bias"] = hf_sd[f"{theirs}{src}.bias"]
-    out["lm_head.weight"] = out["tok_emb.weight"] if config.tie_embeddings else pad_vocab(head)
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = pad_vocab(head)
     return {k: v.contiguous() for k, v in out.items()}

@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from transformer_setup.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value the user chose is invalid. Entry scripts print it as one line."""
 
 
@@ -107,7 +109,7 @@ class TrainConfig:
     min_lr: float = 6e-5  # floor of the cosine decay
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # where the cosine reaches min_lr; None: max_iters
-    weight_decay: float = 0.1  # on matrices only; norms, biases and embeddings are not decayed
+    weight_decay: float = 0.1  # on matrices only (embeddings included); norms and biases not
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
@@ -161,10 +163,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       eval_interval=1000),
     },
     # The flagship (~1.06B with the GPT-2 vocabulary): Llama-style SwiGLU/RoPE/RMSNorm.
+    # Micro-batch 72 x 1024 tokens needs ~140 GB of activations without gradient checkpointing
+    # (`--dry_run` shows the count), so the preset recomputes blocks in backward.
     "1b": {
         "model": dict(vocab_size=50257, vocab_multiple=64, block_size=1024, n_layer=24,
                       n_head=12, n_embd=1536, ffn_hidden=6144, mlp="swiglu", norm="rmsnorm",
-                      pos_emb="rope", bias=False, tie_embeddings=False),
+                      pos_emb="rope", bias=False, tie_embeddings=False,
+                      gradient_checkpointing=True),
         "train": dict(tokenizer="gpt2", out_dir="checkpoints_1B", batch_size=72,
                       accumulation_steps=4, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
                       max_iters=100000, grad_clip=1.0, eval_interval=1000, save_interval=1000),

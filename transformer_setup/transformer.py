@@ -186,14 +186,22 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-        if config.pos_emb == "rope":
-            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        # A tied head reuses the embedding matrix in forward rather than sharing a Parameter,
+        # which stays correct through meta-device init, FSDP sharding and state dicts.
+        self.lm_head = None if config.tie_embeddings else \
+            nn.Linear(config.n_embd, vocab, bias=False)
+        self.init_buffers()
         self.reset_parameters()
+
+    def init_buffers(self) -> None:
+        """Compute the RoPE tables (not saved in checkpoints). Call again after materialising a
+        model built on the meta device, on the device the model now lives on."""
+        if self.config.pos_emb == "rope":
+            cos, sin = rope_tables(self.config.head_dim, self.config.block_size,
+                                   self.config.rope_theta)
+            device = self.tok_emb.weight.device
+            self.register_buffer("rope_cos", cos.to(device), persistent=False)
+            self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, init_std) for matrices, zero biases, unit norms, and the
@@ -235,7 +243,9 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, cos, sin, start, use_reentrant=False)
             else:
                 x = block(x, cos, sin, start)
-        logits = self.lm_head(self.norm_f(x))[..., :self.config.vocab_size]  # drop padding ids
+        x = self.norm_f(x)
+        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        logits = logits[..., :self.config.vocab_size]  # padding ids are never predicted
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
@@ -246,7 +256,7 @@ class GPT(nn.Module):
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
                        dtype: torch.dtype | None = None) -> None:
         """Give every attention layer a cache for batch_size sequences of up to max_len tokens."""
-        param = self.lm_head.weight
+        param = self.tok_emb.weight
         max_len = max_len or self.config.block_size
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_kv_head, max_len,
@@ -259,7 +269,7 @@ class GPT(nn.Module):
     # --------------------------------------------------------------------- accounting
 
     def num_params(self) -> int:
-        """Parameters, each shared tensor counted once (the tied head is the embedding)."""
+        """All parameters (a tied head is the embedding, so it adds none)."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
@@ -268,4 +278,6 @@ class GPT(nn.Module):
         n_embd * seq_len for the attention scores and the weighted sum of values."""
         seq_len = seq_len or self.config.block_size
         matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        if self.lm_head is None:
+            matmul_weights += self.tok_emb.weight.numel()
         return 6 * matmul_weights + 12 * self.config.n_layer * self.config.n_embd * seq_len

@@ -1,0 +1,77 @@
+"""Command-line plumbing shared by every entry script.
+
+A user mistake (bad flag, bad value, missing file) is reported as one line on stderr with a
+non-zero exit; tracebacks are for bugs. Code raises UserError (or a subclass) for the former.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+
+class UserError(Exception):
+    """Something the user can fix: the message says what and, where it helps, how."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage stays under --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> type:
+    """The concrete type of a dataclass field (int for `int | None`)."""
+    hint = typing.get_type_hints(cls)[field.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> set[str]:
+    """One --field option per dataclass field; unset options stay out of the parsed namespace.
+
+    Booleans take an optional value: `--resume` or `--resume false`. Returns the field names.
+    """
+    group = parser.add_argument_group(title)
+    names = set()
+    for field in dataclasses.fields(cls):
+        kind = _field_type(cls, field)
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = f"(default: {default})"
+        if kind is bool:
+            group.add_argument(f"--{field.name}", type=parse_bool, nargs="?", const=True,
+                               default=argparse.SUPPRESS, metavar="BOOL", help=help_text)
+        else:
+            group.add_argument(f"--{field.name}", type=kind, default=argparse.SUPPRESS,
+                               metavar=kind.__name__.upper(), help=help_text)
+        names.add(field.name)
+    return names
+
+
+def run_main(main: Callable[[], Any]) -> NoReturn:
+    """Run an entry point: UserError -> `error: ...` on stderr, exit 1; Ctrl-C -> exit 130."""
+    try:
+        code = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
