@@ -1,0 +1,151 @@
+"""The entry scripts as a user runs them: dry run, bad input, the quickstart, inference."""
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import REPO, assert_one_line_error, run_script
+
+
+def test_dry_run_counts_tinyllama_exactly(tmp_path):
+    result = run_script("models/gpt.py", "--preset", "1b", "--n_layer", "22", "--n_embd", "2048",
+                        "--n_head", "32", "--n_kv_head", "4", "--ffn_hidden", "5632",
+                        "--vocab_size", "32000", "--dry_run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "parameters: 1,100,048,384" in result.stdout
+    assert re.search(r"FLOPs per token .*: [\d,]+", result.stdout)
+    assert re.search(r"training memory estimate .*: [\d.]+ GB", result.stdout)
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing trained
+
+
+def test_dry_run_of_the_flagship(tmp_path):
+    result = run_script("models/gpt.py", "--preset", "1b", "--dry_run", cwd=tmp_path)
+    count = int(re.search(r"parameters: ([\d,]+)", result.stdout).group(1).replace(",", ""))
+    assert 1.0e9 < count < 1.2e9
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--preset", "huge"], ["unknown preset 'huge'"]),
+    (["--n_embd", "100", "--n_head", "3"], ["n_embd (100) must be divisible by n_head (3)"]),
+    (["--mlp", "relu"], ["mlp must be one of"]),
+    (["--n_layer", "two"], ["--n_layer"]),
+    (["--no_such_flag", "1"], ["unrecognized arguments"]),
+    (["--preset", "tiny", "--tokenizer", "nope"], ["unknown tokenizer 'nope'"]),
+    (["--preset", "tiny", "--data", "nope"], ["unknown data source 'nope'"]),
+    (["--preset", "tiny", "--resume"], ["no checkpoint to resume from"]),
+    (["--preset", "tiny", "--device", "cuda:7"], ["cuda:7"]),
+])
+def test_bad_training_input_is_one_clear_line(tmp_path, args, fragments):
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    result = run_script("models/gpt.py", *args, "--out_dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_script("models/gpt.py", "--preset", "tiny", "--out_dir", str(blocker / "out"),
+                        cwd=tmp_path)
+    assert_one_line_error(result, "not writable")
+
+
+def logged_losses(stdout: str) -> list[float]:
+    return [float(m) for m in re.findall(r"^step \d+/\d+ \| loss ([\d.]+)", stdout, re.M)]
+
+
+def test_quickstart_trains_and_writes_checkpoints(quickstart):
+    out_dir, result = quickstart
+    losses = logged_losses(result.stdout)
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 1.0, losses  # from ~ln(257)=5.5 to well under 4
+    val = [float(v) for v in re.findall(r"^step \d+: val loss ([\d.]+)", result.stdout, re.M)]
+    assert len(val) == 2 and val[1] < val[0]
+    for name in ("latest.pt", "best_model.pt"):
+        ckpt = torch.load(out_dir / name, weights_only=True)
+        assert ckpt["step"] in (30, 60) and ckpt["tokenizer"]["name"] == "bytes"
+    assert torch.load(out_dir / "latest.pt", weights_only=True)["step"] == 60
+    assert list(out_dir.glob("events.out.tfevents.*"))
+
+
+def test_quickstart_checkpoint_samples_text(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    args = ["models/inference.py", str(out_dir / "best_model.pt"), "--prompt", "The ",
+            "--max_new_tokens", "40", "--seed", "3"]
+    first = run_script(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    text = first.stdout.strip()
+    assert len(text) >= 10 and sum(c.isalpha() for c in text) >= 5, text
+    assert run_script(*args, cwd=tmp_path).stdout == first.stdout  # same seed, same text
+
+
+def read_until(fd: int, pattern: str, timeout: float = 60.0) -> str:
+    seen, deadline = b"", time.monotonic() + timeout
+    while pattern.encode() not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+    return seen.decode(errors="replace")
+
+
+def test_interactive_loop_through_a_terminal(quickstart):
+    out_dir, _ = quickstart
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(REPO / "models/inference.py"),
+                             str(out_dir / "best_model.pt"), "--max_new_tokens", "20"],
+                            stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
+    os.close(terminal)
+    try:
+        assert "> " in read_until(controller, "> ")
+        os.write(controller, b"The function\n")
+        reply = read_until(controller, "> ")
+        assert reply.count("> ") >= 1 and len(reply.strip()) > len("The function")
+        os.write(controller, b"exit\n")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(controller)
+
+
+def test_end_of_input_ends_the_loop_cleanly(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    result = run_script("models/inference.py", str(out_dir / "best_model.pt"),
+                        "--max_new_tokens", "5", cwd=tmp_path, stdin="hello\n")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.count("> ") == 2
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda d: d / "missing.pt", ["checkpoint not found"]),
+    (lambda d: (d / "t.pt").write_text("text") and d / "t.pt", ["not a"]),
+    (lambda d: d, ["is a folder"]),
+])
+def test_bad_checkpoint_is_one_clear_line(tmp_path, make, fragments):
+    result = run_script("models/inference.py", str(make(tmp_path)), "--prompt", "x",
+                        cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+
+
+def test_truncated_checkpoint_is_one_clear_line(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((out_dir / "best_model.pt").read_bytes()[:5000])
+    result = run_script("models/inference.py", str(truncated), "--prompt", "x", cwd=tmp_path)
+    assert_one_line_error(result, "truncated")
+
+
+def test_bad_sampling_option_is_one_clear_line(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    result = run_script("models/inference.py", str(out_dir / "best_model.pt"), "--top_p", "2",
+                        cwd=tmp_path)
+    assert_one_line_error(result, "--top_p")

@@ -1,0 +1,75 @@
+"""ModelConfig/TrainConfig validation and presets."""
+
+import dataclasses
+
+import pytest
+
+from transformer_setup.params import (PRESETS, ConfigError, ModelConfig, TrainConfig,
+                                      build_configs, config_from_dict)
+
+
+@pytest.mark.parametrize("fields, named", [
+    (dict(n_embd=100, n_head=3), "n_embd"),
+    (dict(n_head=12, n_kv_head=5), "n_kv_head"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(vocab_size=-1), "vocab_size"),
+    (dict(mlp="relu"), "mlp"),
+    (dict(norm="batchnorm"), "norm"),
+    (dict(pos_emb="alibi"), "pos_emb"),
+    (dict(attention="xformers"), "attention"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(n_embd=12, n_head=4), "rope"),  # head size 3 cannot rotate in pairs
+])
+def test_invalid_model_config_names_the_field(fields, named):
+    with pytest.raises(ConfigError, match=named):
+        ModelConfig(**fields)
+
+
+@pytest.mark.parametrize("fields, named", [
+    (dict(max_iters=0), "max_iters"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(learning_rate=0), "learning_rate"),
+    (dict(min_lr=1.0), "min_lr"),
+    (dict(beta2=1.0), "beta2"),
+    (dict(dtype="fp8"), "dtype"),
+])
+def test_invalid_train_config_names_the_field(fields, named):
+    with pytest.raises(ConfigError, match=named):
+        TrainConfig(**fields)
+
+
+def test_defaults_are_resolved():
+    config = ModelConfig(n_embd=768, n_head=12)
+    assert config.n_kv_head == 12
+    assert config.ffn_hidden == 2048  # 8/3 * 768 rounded up to a multiple of 256
+    assert ModelConfig(n_embd=768, mlp="gelu").ffn_hidden == 3072
+    assert ModelConfig(vocab_size=50257, vocab_multiple=64).padded_vocab_size == 50304
+    assert TrainConfig(max_iters=77).lr_decay_iters == 77
+
+
+def test_presets_build_and_overrides_win():
+    for name in PRESETS:
+        build_configs(name)
+    model, train = build_configs("1b", {"n_layer": 2, "learning_rate": 1e-3})
+    assert (model.n_layer, model.n_embd, train.learning_rate) == (2, 1536, 1e-3)
+    gpt2, _ = build_configs("gpt2")
+    assert (gpt2.pos_emb, gpt2.norm, gpt2.mlp, gpt2.bias, gpt2.tie_embeddings) == \
+        ("learned", "layernorm", "gelu", True, True)
+    flagship, recipe = build_configs("1b")
+    assert (flagship.n_embd, flagship.n_layer, flagship.n_head, flagship.ffn_hidden) == \
+        (1536, 24, 12, 6144)
+    assert (recipe.batch_size, recipe.accumulation_steps, recipe.learning_rate) == (72, 4, 6e-4)
+
+
+def test_unknown_preset_and_field_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        build_configs("huge")
+    with pytest.raises(ConfigError, match="unknown config field 'n_layers'"):
+        build_configs(None, {"n_layers": 3})
+
+
+def test_config_roundtrips_through_a_dict():
+    config = ModelConfig(n_layer=3, n_kv_head=4)
+    assert config_from_dict(ModelConfig, dataclasses.asdict(config)) == config
+    # A field from another version of the code is ignored rather than crashing.
+    assert config_from_dict(ModelConfig, {**dataclasses.asdict(config), "gone": 1}) == config
