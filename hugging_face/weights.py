@@ -81,7 +81,8 @@ def from_hf_config(hf_config: PretrainedConfig) -> ModelConfig:
             tie_embeddings=bool(hf_config.tie_word_embeddings))
     if model_type == "gpt2":
         if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ConfigError(f"GPT-2 activation {hf_config.activation_function!r} is not supported")
+            raise ConfigError(f"GPT-2 activation {hf_config.activation_function!r} "
+                              "is not supported")
         return ModelConfig(
             vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
             n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
@@ -90,6 +91,22 @@ def from_hf_config(hf_config: PretrainedConfig) -> ModelConfig:
             tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)))
     raise ConfigError(f"unsupported transformers model type {model_type!r} "
                       "(supported: llama, gpt2)")
+
+
+def gpt2_names(config: ModelConfig) -> list[tuple[str, str, bool]]:
+    """(our name, GPT-2's name, stored transposed) for every GPT-2 tensor but the embedding."""
+    names = [("pos_emb.weight", "transformer.wpe.weight", False),
+             ("norm_f.weight", "transformer.ln_f.weight", False),
+             ("norm_f.bias", "transformer.ln_f.bias", False)]
+    for i in range(config.n_layer):
+        ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
+        for src, dst in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2"),
+                         ("attn.qkv_proj", "attn.c_attn"), ("attn.out_proj", "attn.c_proj"),
+                         ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
+            linear = "proj" in src
+            names.append((f"{ours}{src}.weight", f"{theirs}{dst}.weight", linear))  # Conv1D
+            names.append((f"{ours}{src}.bias", f"{theirs}{dst}.bias", False))
+    return names
 
 
 def to_hf_state_dict(state_dict: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
@@ -120,20 +137,10 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], config: ModelConfig) -> dict
                 out[f"{theirs}mlp.down_proj.{kind}"] = sd[f"{ours}mlp.down_proj.{kind}"]
     else:
         out["transformer.wte.weight"] = sd["tok_emb.weight"][:V]
-        out["transformer.wpe.weight"] = sd["pos_emb.weight"]
-        out["transformer.ln_f.weight"] = sd["norm_f.weight"]
-        out["transformer.ln_f.bias"] = sd["norm_f.bias"]
         if not config.tie_embeddings:
             out["lm_head.weight"] = sd["lm_head.weight"][:V]
-        for i in range(config.n_layer):
-            ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
-            for src, dst in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                out[f"{theirs}{dst}.weight"] = sd[f"{ours}{src}.weight"]
-                out[f"{theirs}{dst}.bias"] = sd[f"{ours}{src}.bias"]
-            for src, dst in (("attn.qkv_proj", "attn.c_attn"), ("attn.out_proj", "attn.c_proj"),
-                             ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
-                out[f"{theirs}{dst}.weight"] = sd[f"{ours}{src}.weight"].t()  # Conv1D: (in, out)
-                out[f"{theirs}{dst}.bias"] = sd[f"{ours}{src}.bias"]
+        for ours, theirs, transposed in gpt2_names(config):
+            out[theirs] = sd[ours].t() if transposed else sd[ours]
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -162,19 +169,9 @@ def from_hf_state_dict(hf_sd: dict[str, Tensor], config: ModelConfig) -> dict[st
                 out[f"{ours}mlp.down_proj.{kind}"] = hf_sd[f"{mlp}down_proj.{kind}"]
     else:
         out["tok_emb.weight"] = pad_vocab(hf_sd["transformer.wte.weight"])
-        out["pos_emb.weight"] = hf_sd["transformer.wpe.weight"]
-        out["norm_f.weight"] = hf_sd["transformer.ln_f.weight"]
-        out["norm_f.bias"] = hf_sd["transformer.ln_f.bias"]
         head = hf_sd.get("lm_head.weight", hf_sd["transformer.wte.weight"])
-        for i in range(config.n_layer):
-            ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
-            for dst, src in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                out[f"{ours}{dst}.weight"] = hf_sd[f"{theirs}{src}.weight"]
-                out[f"{ours}{dst}.bias"] = hf_sd[f"{theirs}{src}.bias"]
-            for dst, src in (("attn.qkv_proj", "attn.c_attn"), ("attn.out_proj", "attn.c_proj"),
-                             ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
-                out[f"{ours}{dst}.weight"] = hf_sd[f"{theirs}{src}.weight"].t()
-                out[f"{ours}{dst}.bias"] = hf_sd[f"{theirs}{src}.bias"]
+        for ours, theirs, transposed in gpt2_names(config):
+            out[ours] = hf_sd[theirs].t() if transposed else hf_sd[theirs]
     if not config.tie_embeddings:
         out["lm_head.weight"] = pad_vocab(head)
     return {k: v.contiguous() for k, v in out.items()}

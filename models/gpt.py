@@ -67,11 +67,11 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
     print(f"tokens per optimizer step: {tokens_per_step:,} "
           f"({train_config.batch_size} x {train_config.accumulation_steps} x "
           f"{model_config.block_size})")
+    checkpointing = ", gradient checkpointing" if model_config.gradient_checkpointing else ""
     print(f"training memory estimate per process (micro-batch {train_config.batch_size}, "
-          f"{dtype_name(dtype)}{assumed}"
-          f"{', gradient checkpointing' if model_config.gradient_checkpointing else ''}): "
-          f"{gigabytes(memory.total)} = weights+grads+AdamW {gigabytes(memory.weights_and_optimizer)}"
-          f" + activations {gigabytes(memory.activations)} + logits {gigabytes(memory.logits)}")
+          f"{dtype_name(dtype)}{assumed}{checkpointing}): {gigabytes(memory.total)} = "
+          f"weights+grads+AdamW {gigabytes(memory.weights_and_optimizer)} + activations "
+          f"{gigabytes(memory.activations)} + logits {gigabytes(memory.logits)}")
 
 
 # ----------------------------------------------------------------------------- training

@@ -18,7 +18,7 @@ from models.checkpoint import load_checkpoint, model_from_checkpoint
 from models.device import autocast, resolve_device, resolve_dtype
 from models.generate import generate
 from tokenization.tokenizer import Tokenizer
-from transformer_setup.cli import ArgumentParser, UserError, run_main
+from transformer_setup.cli import ArgumentParser, run_main
 from transformer_setup.transformer import GPT
 
 

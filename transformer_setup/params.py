@@ -130,7 +130,8 @@ class TrainConfig:
             self.lr_decay_iters = self.max_iters
         _require_positive(self, "max_iters", "batch_size", "accumulation_steps", "eval_interval",
                           "eval_iters", "save_interval", "log_interval")
-        _require(self.learning_rate > 0, f"learning_rate must be positive (got {self.learning_rate})")
+        _require(self.learning_rate > 0,
+                 f"learning_rate must be positive (got {self.learning_rate})")
         _require(0 <= self.min_lr <= self.learning_rate,
                  f"min_lr must be in [0, learning_rate] (got {self.min_lr})")
         _require(self.warmup_iters >= 0, f"warmup_iters must be >= 0 (got {self.warmup_iters})")

@@ -43,7 +43,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x of shape (B, T, heads, head_dim) by the angles of its positions (cos/sin: (T, D))."""
+    """Rotate x (B, T, heads, head_dim) by the angles of its positions (cos, sin: (T, D))."""
     cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
@@ -68,7 +68,7 @@ class KVCache:
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, T, kv_heads, D) at positions start..start+T; return all keys/values so far."""
+        """Store k, v (B, T, kv_heads, D) at positions start..start+T; return all up to there."""
         batch, end = k.shape[0], start + k.shape[1]
         self.k[:batch, :, start:end] = k.transpose(1, 2)
         self.v[:batch, :, start:end] = v.transpose(1, 2)
@@ -78,7 +78,8 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.head_dim
         self.backend = config.attention
         self.dropout = config.dropout
         kv_dim = config.n_kv_head * config.head_dim
@@ -136,7 +137,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused in one matmul; or GELU: down(gelu(up(x)))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused in one matmul.
+    GELU: down(gelu(up(x)))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

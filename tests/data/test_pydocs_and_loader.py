@@ -65,7 +65,7 @@ def test_loader_resumes_with_the_same_batches():
 def test_validation_batches_are_identical_every_time():
     tokens = np.arange(5000, dtype=np.uint16)
     a, b = fixed_batches(tokens, 32, 4, 3), fixed_batches(tokens, 32, 4, 3)
-    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b))
+    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b, strict=True))
 
 
 def test_too_little_data_is_a_clear_error():

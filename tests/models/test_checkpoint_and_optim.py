@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from models import checkpoint as checkpoint_module
-from models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                               save_checkpoint)
+from models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from models.optim import learning_rate_at, make_optimizer
 from tokenization.tokenizer import byte_tokenizer
 from transformer_setup.params import ModelConfig, TrainConfig
@@ -81,7 +85,7 @@ def test_learning_rate_schedule():
     assert learning_rate_at(110, config) == pytest.approx(0.1)
     assert learning_rate_at(500, config) == pytest.approx(0.1)
     rates = [learning_rate_at(s, config) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
 
 
 def test_weight_decay_on_matrices_only():

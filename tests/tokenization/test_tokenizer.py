@@ -6,8 +6,14 @@ from hypothesis import strategies as st
 
 from tests.helpers import FIXTURES
 from tokenization import tokenizer as tokenizer_module
-from tokenization.tokenizer import (EOT, GPT2_FILE_ENV, Tokenizer, TokenizerError,
-                                    byte_tokenizer, get_tokenizer)
+from tokenization.tokenizer import (
+    EOT,
+    GPT2_FILE_ENV,
+    Tokenizer,
+    TokenizerError,
+    byte_tokenizer,
+    get_tokenizer,
+)
 
 
 @pytest.fixture

@@ -4,8 +4,14 @@ import dataclasses
 
 import pytest
 
-from transformer_setup.params import (PRESETS, ConfigError, ModelConfig, TrainConfig,
-                                      build_configs, config_from_dict)
+from transformer_setup.params import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    build_configs,
+    config_from_dict,
+)
 
 
 @pytest.mark.parametrize("fields, named", [

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from hugging_face.weights import from_hf_state_dict, from_hf_config, to_hf_config
+from hugging_face.weights import from_hf_config, from_hf_state_dict, to_hf_config
 from transformer_setup.params import ModelConfig, build_configs
 from transformer_setup.transformer import GPT, flash_attn_func
 
@@ -67,7 +67,7 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients(dropout):
 
 
 def saved_activation_bytes(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward (parameters excluded), measured while the graph is built."""
+    """Bytes autograd keeps for backward (parameters excluded), seen while the graph is built."""
     params = {p.data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -108,24 +108,17 @@ def copy_from_reference(ref: torch.nn.Module) -> GPT:
     return model
 
 
-@pytest.mark.parametrize("fields", [
-    LLAMA_SMALL,
-    dict(LLAMA_SMALL, n_kv_head=4, bias=True, tie_embeddings=True, rope_theta=500.0),
-    dict(LLAMA_SMALL, n_kv_head=1, norm_eps=1e-6),
-], ids=["gqa", "mha-bias-tied", "mqa"])
-def test_logits_equal_transformers_llama(fields):
+@pytest.mark.parametrize("reference, fields", [
+    (LlamaForCausalLM, LLAMA_SMALL),
+    (LlamaForCausalLM, dict(LLAMA_SMALL, n_kv_head=4, bias=True, tie_embeddings=True,
+                            rope_theta=500.0)),
+    (LlamaForCausalLM, dict(LLAMA_SMALL, n_kv_head=1, norm_eps=1e-6)),
+    (GPT2LMHeadModel, GPT2_SMALL),
+    (GPT2LMHeadModel, dict(GPT2_SMALL, ffn_hidden=80)),
+], ids=["llama-gqa", "llama-mha-bias-tied", "llama-mqa", "gpt2", "gpt2-ffn80"])
+def test_logits_equal_transformers(reference, fields):
     torch.manual_seed(0)
-    ref = LlamaForCausalLM(to_hf_config(ModelConfig(**fields))).eval()
-    model = copy_from_reference(ref)
-    idx = torch.randint(0, 101, (2, 32))
-    with torch.no_grad():
-        torch.testing.assert_close(model(idx), ref(idx).logits, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("fields", [GPT2_SMALL, dict(GPT2_SMALL, ffn_hidden=80)])
-def test_logits_equal_transformers_gpt2(fields):
-    torch.manual_seed(0)
-    ref = GPT2LMHeadModel(to_hf_config(ModelConfig(**fields))).eval()
+    ref = reference(to_hf_config(ModelConfig(**fields))).eval()
     model = copy_from_reference(ref)
     idx = torch.randint(0, 101, (2, 32))
     with torch.no_grad():
@@ -160,3 +153,21 @@ def test_flops_per_token_counts_matmuls_and_attention():
     per_layer = C * (C + 2 * kv) + C * C + C * 2 * F + F * C
     expected = 6 * (L * per_layer + V * C) + 12 * L * C * T
     assert GPT(config).flops_per_token() == expected
+
+
+@pytest.mark.parametrize("fields", [dict(LLAMA_SMALL, vocab_multiple=64),
+                                    dict(LLAMA_SMALL, bias=True, tie_embeddings=True),
+                                    dict(GPT2_SMALL, vocab_multiple=64),
+                                    dict(GPT2_SMALL, tie_embeddings=False)])
+def test_weights_round_trip_through_transformers_names(fields):
+    from hugging_face.weights import to_hf_state_dict
+    config = ModelConfig(**fields)
+    ours = make_model(**fields).state_dict()
+    theirs = to_hf_state_dict(ours, config)
+    assert all(t.shape[0] == 101 for k, t in theirs.items() if "wte" in k or "embed" in k)
+    back = from_hf_state_dict(theirs, config)
+    assert back.keys() == ours.keys()
+    for name, tensor in ours.items():
+        if name in ("tok_emb.weight", "lm_head.weight"):  # padding rows are not exported
+            tensor, back[name] = tensor[:101], back[name][:101]
+        assert torch.equal(back[name], tensor), name
