@@ -5,15 +5,21 @@ mergeable byte strings ranked by merge order, and special tokens. The kinds diff
 table:
 - `gpt2`: GPT-2's 50,256 ranks plus <|endoftext|> = 50256;
 - `bytes`: the 256 single bytes plus <|endoftext|> = 256 (no file needed);
-- a `.tiktoken` file of ranks (GPT-2's pattern and <|endoftext|> after the last rank).
+- a `.tiktoken` file of ranks (GPT-2's pattern and <|endoftext|> after the last rank);
+- a folder in transformers' format (`tokenizer.json`), as `train_tokenizer.py` and `save()` write.
 
 `spec()` returns the whole table as plain values, so a checkpoint carries its tokenizer and needs
-no file at inference time; `Tokenizer.from_spec` rebuilds it.
+no file at inference time; `Tokenizer.from_spec` rebuilds it. `save(folder)` writes transformers'
+format, whose `tokenizer.json` is converted from the ranks so that `AutoTokenizer` gives the same
+ids as tiktoken does here.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +81,11 @@ class Tokenizer:
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return self._encoding.decode_bytes(list(ids))
 
+    @property
+    def ranks(self) -> dict[bytes, int]:
+        """The mergeable tokens (every id but the special tokens) and their ids."""
+        return dict(self._ranks)
+
     def token_byte_lengths(self) -> list[int]:
         """Bytes of text behind each id (0 for special tokens), for bits-per-byte."""
         lengths = [0] * self.n_vocab
@@ -101,11 +112,37 @@ class Tokenizer:
         except (KeyError, TypeError, ValueError) as err:
             raise TokenizerError(f"invalid tokenizer spec ({err})") from None
 
+    def save(self, directory: str | Path) -> None:
+        """Write transformers' tokenizer files: AutoTokenizer.from_pretrained(directory) works and
+        gives our ids, and get_tokenizer(directory) reads it back."""
+        from transformers import PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            ranks_file = Path(tmp) / "ranks.tiktoken"
+            write_tiktoken_file(self._ranks, ranks_file)
+            # Every split of a token into two tokens becomes a merge ranked by the token's rank,
+            # and whole-word lookups come first (ignore_merges): tiktoken's algorithm, exactly.
+            converted = TikTokenConverter(vocab_file=str(ranks_file), pattern=self.pattern,
+                                          extra_special_tokens=self.special_tokens).converted()
+        fast = PreTrainedTokenizerFast(tokenizer_object=converted, eos_token=EOT, bos_token=EOT,
+                                       unk_token=EOT, model_max_length=None)
+        fast.save_pretrained(str(directory))
+
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, n_vocab={self.n_vocab})"
 
 
 # ---------------------------------------------------------------------- the kinds
+
+def write_tiktoken_file(ranks: dict[bytes, int], path: str | Path) -> None:
+    """tiktoken's rank file: `base64(token) rank` per line, in rank order."""
+    lines = (f"{base64.b64encode(token).decode()} {rank}\n"
+             for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
+    Path(path).write_text("".join(lines), encoding="ascii")
+
 
 def byte_tokenizer() -> Tokenizer:
     """Raw UTF-8 bytes: ids 0-255 are the bytes, 256 is <|endoftext|>."""
@@ -144,14 +181,61 @@ def gpt2_tokenizer() -> Tokenizer:
                      params["pat_str"])
 
 
+def byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's bytes-to-printable-characters map used in tokenizer.json."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _pattern_of(pre_tokenizer: dict | None) -> str:
+    """The pre-tokenization regex of a byte-level tokenizer.json (ours, or GPT-2's own style)."""
+    if not pre_tokenizer:
+        raise ValueError("it has no pre-tokenizer")
+    if pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("use_regex", True):
+        return GPT2_PATTERN
+    if pre_tokenizer.get("type") == "Sequence":
+        for step in pre_tokenizer.get("pretokenizers", []):
+            if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+                return step["pattern"]["Regex"]
+    raise ValueError(f"its pre-tokenizer ({pre_tokenizer.get('type')}) is not byte-level BPE")
+
+
+def tokenizer_from_folder(directory: str | Path) -> Tokenizer:
+    """A byte-level BPE folder in transformers' format (tokenizer.json), as save() writes."""
+    directory = Path(directory)
+    path = directory / "tokenizer.json"
+    if not path.exists():
+        raise TokenizerError(f"{directory} is not a tokenizer folder (no tokenizer.json); "
+                             "train one with tokenization/train_tokenizer.py")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        model = spec["model"]
+        if model.get("type") != "BPE":
+            raise ValueError(f"its model is {model.get('type')}, not BPE")
+        pattern = _pattern_of(spec.get("pre_tokenizer"))
+        special = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["special"]}
+        to_byte = byte_decoder()
+        ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["vocab"].items()
+                 if token not in special}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+            ValueError) as err:
+        raise TokenizerError(f"{path} is not a usable byte-level BPE tokenizer ({err})") from None
+    if EOT not in special:
+        raise TokenizerError(f"{path} has no {EOT} special token")
+    return Tokenizer(directory.resolve().name, ranks, special, pattern)
+
+
 def get_tokenizer(name_or_path: str) -> Tokenizer:
-    """`gpt2`, `bytes`, or a path to a `.tiktoken` file."""
+    """`gpt2`, `bytes`, a tokenizer folder, or the path of a `.tiktoken` file."""
     if name_or_path == "gpt2":
         return gpt2_tokenizer()
     if name_or_path == "bytes":
         return byte_tokenizer()
     path = Path(name_or_path)
+    if path.is_dir():
+        return tokenizer_from_folder(path)
     if path.suffix == ".tiktoken" or path.is_file():
         return tokenizer_from_tiktoken_file(path)
-    raise TokenizerError(f"unknown tokenizer {name_or_path!r}: use gpt2, bytes, "
-                         "or the path of a .tiktoken file")
+    raise TokenizerError(f"unknown tokenizer {name_or_path!r}: use gpt2, bytes, a folder "
+                         "written by tokenization/train_tokenizer.py, or a .tiktoken file")

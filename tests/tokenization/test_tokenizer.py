@@ -1,11 +1,12 @@
 """The tokenizer interface: GPT-2 against its known ids, round trips, special tokens, specs."""
 
+import functools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import FIXTURES
-from tokenization import tokenizer as tokenizer_module
 from tokenization.tokenizer import (
     EOT,
     GPT2_FILE_ENV,
@@ -13,6 +14,7 @@ from tokenization.tokenizer import (
     TokenizerError,
     byte_tokenizer,
     get_tokenizer,
+    tokenizer_from_tiktoken_file,
 )
 
 
@@ -56,11 +58,16 @@ def test_bytes_round_trip_any_unicode(text):
     assert tok.decode(tok.encode(text)) == text
 
 
+@functools.cache
+def fixture_gpt2() -> Tokenizer:
+    return tokenizer_from_tiktoken_file(FIXTURES / "gpt2.tiktoken", name="gpt2")
+
+
 @pytest.mark.skipif(not (FIXTURES / "gpt2.tiktoken").exists(), reason="fixture absent")
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_gpt2_round_trip_any_unicode(text):
-    tok = tokenizer_module.tokenizer_from_tiktoken_file(FIXTURES / "gpt2.tiktoken", name="gpt2")
+    tok = fixture_gpt2()
     assert tok.decode(tok.encode(text)) == text
 
 

@@ -171,3 +171,27 @@ def test_weights_round_trip_through_transformers_names(fields):
         if name in ("tok_emb.weight", "lm_head.weight"):  # padding rows are not exported
             tensor, back[name] = tensor[:101], back[name][:101]
         assert torch.equal(back[name], tensor), name
+
+
+def test_padding_ids_are_never_predicted_sampled_or_counted():
+    from models.generate import generate_ids
+
+    model = make_model(**dict(LLAMA_SMALL, vocab_multiple=64))  # 101 ids, 128 rows
+    assert model.lm_head.weight.shape[0] == 128
+    idx, targets = torch.randint(0, 101, (2, 16)), torch.randint(0, 101, (2, 16))
+    with torch.no_grad():
+        loss_before = model(idx, targets)
+        model.lm_head.weight[101:] = 1e3 * model.norm_f.weight  # padding rows would now win
+        assert torch.equal(model(idx, targets), loss_before)
+        logits = model(idx)
+    assert logits.shape[-1] == 101
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 101), targets.reshape(-1))
+    torch.testing.assert_close(loss_before, expected)
+    samples = generate_ids(model, [1, 2, 3], 20, temperature=2.0, num_samples=4,
+                           generator=torch.Generator().manual_seed(0))
+    assert max(max(s) for s in samples) < 101
+
+
+def test_vocab_padding_is_on_for_1b_and_off_for_gpt2():
+    assert build_configs("1b")[0].padded_vocab_size == 50304
+    assert build_configs("gpt2")[0].padded_vocab_size == 50257
