@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from data.loader import RandomBlockLoader, fixed_batches, tokenize_documents
-from data.sources import get_source
+from data.loader import PreparedLoader, StreamingLoader, take_batches
+from data.shards import is_prepared
+from data.sources import DataError, get_source
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.device import autocast, dtype_name, resolve_device, resolve_dtype
 from models.estimate import meta_model, training_memory
@@ -104,17 +105,30 @@ def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx,
     return nats / tokens, nats / math.log(2) / max(n_bytes, 1.0)
 
 
-def load_data(train_config: TrainConfig, tokenizer: Tokenizer, block_size: int, device):
-    source = get_source(train_config.data)
-    print(f"data: {train_config.data}, tokenizer: {tokenizer.name} ({tokenizer.n_vocab:,} ids)")
-    train_tokens = tokenize_documents(source.documents("train"), tokenizer)
-    val_tokens = tokenize_documents(source.documents("val"), tokenizer)
-    print(f"tokens: {len(train_tokens):,} train, {len(val_tokens):,} validation")
-    loader = RandomBlockLoader(train_tokens, block_size, train_config.batch_size,
-                               seed=train_config.seed, device=device)
-    val_batches = fixed_batches(val_tokens, block_size, train_config.batch_size,
-                                train_config.eval_iters, seed=0, device=device)
-    return loader, val_batches
+def make_loaders(tc: TrainConfig, tokenizer: Tokenizer, block_size: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+    """The training loader and the fixed validation batches, for a prepared folder or a source."""
+    if is_prepared(tc.data):
+        train = PreparedLoader.from_folder(tc.data, "train", tokenizer, block_size,
+                                           tc.batch_size, seed=tc.seed + rank, device=device)
+        val = PreparedLoader.from_folder(tc.data, "val", tokenizer, block_size, tc.batch_size,
+                                         seed=0, device=device)
+        print(f"data: prepared shards in {tc.data}")
+    else:
+        source = get_source(tc.data, tc.text_field, tc.data_config, tc.min_int_score)
+        train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "train", rank,
+                                world_size, tc.data_workers, device)
+        val = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "val", device=device,
+                              repeat=False)
+        print(f"data: {source.name}, streamed ({tc.data_workers} worker processes)")
+    val_batches = take_batches(val, tc.eval_iters)
+    if not val_batches:
+        raise DataError(f"the validation split of {tc.data} has less than one batch of text "
+                        f"({tc.batch_size} x {block_size + 1} tokens); use more data or a "
+                        "smaller --batch_size or --block_size")
+    print(f"tokenizer: {tokenizer.name} ({tokenizer.n_vocab:,} ids); validation: "
+          f"{len(val_batches)} batches")
+    return train, val_batches
 
 
 def check_resumable(ckpt: dict[str, Any], model_config: ModelConfig, tokenizer: Tokenizer) -> None:
@@ -143,7 +157,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig,
     device = resolve_device(tc.device)
     dtype = resolve_dtype(tc.dtype, device)
     ctx = autocast(device, dtype)
-    loader, val_batches = load_data(tc, tokenizer, model_config.block_size, device)
+    loader, val_batches = make_loaders(tc, tokenizer, model_config.block_size, device)
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths())
 
     model = GPT(model_config).to(device)

@@ -17,6 +17,7 @@ ids as tiktoken does here.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import tempfile
@@ -111,6 +112,21 @@ class Tokenizer:
             return cls(spec["name"], ranks, spec["special_tokens"], spec["pattern"])
         except (KeyError, TypeError, ValueError) as err:
             raise TokenizerError(f"invalid tokenizer spec ({err})") from None
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids: equal fingerprints, equal encodings."""
+        digest = hashlib.sha256(self.pattern.encode())
+        for token, rank in sorted(self._ranks.items(), key=lambda item: item[1]):
+            digest.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+        digest.update(json.dumps(self.special_tokens, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader and Pool workers
+        return self.spec()
+
+    def __setstate__(self, spec: dict[str, Any]) -> None:
+        self.__init__(spec["name"], {t: r for r, t in enumerate(spec["ranks"])},
+                      spec["special_tokens"], spec["pattern"])
 
     def save(self, directory: str | Path) -> None:
         """Write transformers' tokenizer files: AutoTokenizer.from_pretrained(directory) works and

@@ -99,8 +99,12 @@ def default_ffn_hidden(n_embd: int, mlp: str) -> int:
 class TrainConfig:
     """How to train: data, optimisation, evaluation and checkpointing."""
 
-    data: str = "pydocs"  # dataset name or local path (see data/README.md)
+    data: str = "pydocs"  # dataset name, local path or glob, Hub id, or prepared folder
     tokenizer: str = "gpt2"  # gpt2 | bytes | a trained tokenizer's folder
+    data_workers: int = 2  # background processes tokenizing a streamed source (0: none)
+    text_field: str = "text"  # column holding the text in jsonl/parquet/Hub rows
+    data_config: str | None = None  # Hub dataset configuration (fineweb-edu: sample-10BT)
+    min_int_score: int | None = None  # FineWeb-Edu: keep documents scoring at least this
     out_dir: str = "out"
     max_iters: int = 5000  # optimizer steps
     batch_size: int = 16  # sequences per micro-batch (per process)
@@ -138,6 +142,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
         _require(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})")
         _require(self.sample_tokens >= 0, f"sample_tokens must be >= 0 (got {self.sample_tokens})")
+        _require(self.data_workers >= 0, f"data_workers must be >= 0 (got {self.data_workers})")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             _require(0 <= value < 1, f"{name} must be in [0, 1) (got {value})")
@@ -149,7 +154,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A character-level model that learns visible structure in a few minutes on 2 CPU cores.
     "tiny": {
         "model": dict(block_size=128, n_layer=4, n_head=4, n_embd=128, vocab_multiple=64),
-        "train": dict(tokenizer="bytes", data="pydocs", out_dir="out/tiny", max_iters=600,
+        "train": dict(tokenizer="bytes", data="pydocs", data_workers=1, out_dir="out/tiny",
+                      max_iters=600,
                       batch_size=32, learning_rate=2e-3, min_lr=2e-4, warmup_iters=30,
                       weight_decay=0.1, eval_interval=100, eval_iters=10, save_interval=200,
                       log_interval=20, dtype="fp32"),
@@ -159,7 +165,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                       mlp="gelu", norm="layernorm", pos_emb="learned", bias=True,
                       tie_embeddings=True),
-        "train": dict(tokenizer="gpt2", out_dir="out/gpt2", batch_size=16, accumulation_steps=32,
+        "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="out/gpt2", batch_size=16,
+                      accumulation_steps=32,
                       learning_rate=6e-4, min_lr=6e-5, warmup_iters=700, max_iters=19000,
                       eval_interval=1000),
     },
@@ -171,7 +178,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       n_head=12, n_embd=1536, ffn_hidden=6144, mlp="swiglu", norm="rmsnorm",
                       pos_emb="rope", bias=False, tie_embeddings=False,
                       gradient_checkpointing=True),
-        "train": dict(tokenizer="gpt2", out_dir="checkpoints_1B", batch_size=72,
+        "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="checkpoints_1B", batch_size=72,
                       accumulation_steps=4, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
                       max_iters=100000, grad_clip=1.0, eval_interval=1000, save_interval=1000),
     },

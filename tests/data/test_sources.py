@@ -1,0 +1,156 @@
+"""Sources: pydocs, local txt/jsonl/parquet (FineWeb-Edu-shaped), splits, the Hub, cleaning."""
+
+import json
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data import sources
+from data.clean_text import clean_text
+from data.sources import DataError, DatasetSource, TextFilesSource, get_source, wikitext_articles
+from tests.helpers import FIXTURES, assert_one_line_error, run_script
+
+
+def test_pydocs_is_real_english_with_disjoint_fixed_splits():
+    source = get_source("pydocs")
+    train, val = list(source.documents("train")), list(source.documents("val"))
+    assert sum(map(len, train)) > 1_000_000 and sum(map(len, val)) > 20_000
+    assert not set(train) & set(val)
+    assert any("Return" in doc for doc in train)
+    assert list(source.documents("val")) == val
+
+
+def test_hashed_split_holds_out_about_five_percent():
+    share = sum(sources.hashed_split(f"doc{i}") == "val" for i in range(10_000)) / 10_000
+    assert 0.03 < share < 0.07
+
+
+def fineweb_rows(n: int) -> dict[str, list]:
+    """Rows with FineWeb-Edu's columns."""
+    return {
+        "text": [f"Document number {i} explains photosynthesis in plain words." for i in range(n)],
+        "id": [f"<urn:uuid:{i:08d}>" for i in range(n)],
+        "dump": ["CC-MAIN-2024-10"] * n,
+        "url": [f"https://example.org/{i}" for i in range(n)],
+        "date": ["2024-02-20T10:00:00Z"] * n,
+        "file_path": ["s3://commoncrawl/x.warc.gz"] * n,
+        "language": ["en"] * n,
+        "language_score": [0.97] * n,
+        "token_count": [12] * n,
+        "score": [i % 5 + 0.6 for i in range(n)],
+        "int_score": [i % 5 + 1 for i in range(n)],
+    }
+
+
+def test_fineweb_edu_shaped_parquet_through_the_hub_code_path(tmp_path):
+    pq.write_table(pa.table(fineweb_rows(400)), tmp_path / "part-0.parquet")
+    source = get_source(str(tmp_path / "*.parquet"), min_int_score=3)
+    assert isinstance(source, DatasetSource)  # the class that streams Hub datasets
+    train, val = list(source.documents("train")), list(source.documents("val"))
+    kept = {int(t.split()[2]) for t in train + val}
+    assert kept == {i for i in range(400) if i % 5 + 1 >= 3}
+    assert val and not set(train) & set(val)
+
+
+def test_parquet_without_the_text_column_is_a_clear_error(tmp_path):
+    pq.write_table(pa.table({"content": ["some text that is long enough"]}), tmp_path / "x.parquet")
+    with pytest.raises(DataError, match="no column 'text'.*content"):
+        list(get_source(str(tmp_path / "x.parquet")).documents("all"))
+    docs = list(get_source(str(tmp_path / "x.parquet"), text_field="content").documents("all"))
+    assert docs == ["some text that is long enough"]
+
+
+def test_jsonl_rows_are_documents(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"body": f"row {i} with enough text to keep"}) + "\n"
+                            for i in range(100)))
+    docs = list(get_source(str(path), text_field="body").documents("all"))
+    assert docs == [f"row {i} with enough text to keep" for i in range(100)]
+
+
+def test_text_files_are_documents_with_a_held_out_tail(tmp_path):
+    (tmp_path / "book.txt").write_text("".join(f"line {i} of the book\n" for i in range(100)))
+    source = get_source(str(tmp_path / "book.txt"))
+    assert isinstance(source, TextFilesSource)
+    (train,), (val,) = list(source.documents("train")), list(source.documents("val"))
+    assert train.endswith("line 94 of the book") and val.startswith("line 95 of the book")
+
+
+def test_many_text_files_split_by_hash(tmp_path):
+    for i in range(60):
+        (tmp_path / f"{i:03d}.txt").write_text(f"file {i}: " + "words " * 10)
+    source = get_source(str(tmp_path))
+    train, val = list(source.documents("train")), list(source.documents("val"))
+    assert len(train) + len(val) == 60 and val and not set(train) & set(val)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("nope", "unknown data source 'nope'"),
+    ("corpus/*.txt", "matches no files"),
+    ("missing.txt", "file not found"),
+])
+def test_bad_specs_are_clear_errors(spec, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=fragment):
+        get_source(spec)
+
+
+def test_mixed_or_empty_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="holds no"):
+        get_source(str(tmp_path))
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "b.jsonl").write_text("{}")
+    with pytest.raises(DataError, match="one kind"):
+        get_source(str(tmp_path))
+
+
+def test_unknown_split():
+    with pytest.raises(DataError, match="no 'test' split"):
+        list(get_source("pydocs").documents("test"))
+
+
+def test_unreachable_hub_is_one_line_quickly(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    start = time.monotonic()
+    result = run_script("models/gpt.py", "--preset", "tiny", "--data", "fineweb-edu",
+                        "--out_dir", str(tmp_path / "o"), cwd=tmp_path, env=env)
+    assert_one_line_error(result, "cannot reach dataset 'HuggingFaceFW/fineweb-edu'", "pydocs")
+    assert time.monotonic() - start < 60
+
+
+def test_wikitext_lines_are_grouped_into_articles():
+    lines = [" = Alpha = \n", " \n", " Alpha is first . \n", " = = History = = \n",
+             " Old . \n", " = Beta = \n", " Beta is second . \n"]
+    articles = list(wikitext_articles(iter(lines)))
+    assert len(articles) == 2
+    assert articles[0].startswith(" = Alpha =") and "History" in articles[0]
+    assert articles[1].startswith(" = Beta =")
+
+
+@pytest.mark.skipif(not (FIXTURES / "wikitext-2").exists(), reason="fixture absent")
+def test_wikitext_fixture_reads_and_cleans():
+    (text,) = get_source(str(FIXTURES / "wikitext-2" / "test.txt")).documents("all")
+    assert " @-@ " not in text and " @,@ " not in text
+    assert "is an English film , television and theatre actor" in text
+
+
+@pytest.mark.parametrize("raw, cleaned", [
+    ("Cafe\u0301 au lait, twenty chars", "Café au lait, twenty chars"),  # NFC
+    ("line one\r\nline two\rline three", "line one\nline two\nline three"),
+    ("bell\x07 and null\x00 and bom\ufeff gone here", "bell and null and bom gone here"),
+    ("state @-@ of @-@ the @-@ art , 1 @,@ 000 and 3 @.@ 5", "state-of-the-art , 1,000 and 3.5"),
+    ("  trailing   \n\n\n\n\nspaces and blank lines  ", "trailing\n\nspaces and blank lines"),
+    ("\tindented code\n\tstays indented", "indented code\n\tstays indented"),
+])
+def test_each_cleaning_rule(raw, cleaned):
+    assert clean_text(raw, min_chars=1) == cleaned
+
+
+def test_short_and_empty_documents_are_dropped():
+    assert clean_text("") is None
+    assert clean_text("   \n\n  ") is None
+    assert clean_text("too short") is None
+    assert clean_text("long enough to be a document") is not None
