@@ -119,7 +119,7 @@ def make_loaders(tc: TrainConfig, tokenizer: Tokenizer, block_size: int, device:
         train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "train", rank,
                                 world_size, tc.data_workers, device)
         val = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "val", device=device,
-                              repeat=False)
+                              repeat=False, lanes=1)  # every validation token counts
         print(f"data: {source.name}, streamed ({tc.data_workers} worker processes)")
     val_batches = take_batches(val, tc.eval_iters)
     if not val_batches:
