@@ -57,6 +57,14 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding whose initialisation is left to GPT.reset_parameters: no double init, and
+    building on the meta device stays instant (init on meta tensors is slow and meaningless)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class KVCache:
     """Keys and values of past positions for one attention layer: (batch, kv_heads, max_len, D)."""
 
@@ -182,8 +190,8 @@ class GPT(nn.Module):
                               "(uv sync --extra flash, on a CUDA machine)")
         self.config = config
         vocab = config.padded_vocab_size
-        self.tok_emb = nn.Embedding(vocab, config.n_embd)
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) \
+        self.tok_emb = Embedding(vocab, config.n_embd)
+        self.pos_emb = Embedding(config.block_size, config.n_embd) \
             if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -193,7 +201,8 @@ class GPT(nn.Module):
         self.lm_head = None if config.tie_embeddings else \
             nn.Linear(config.n_embd, vocab, bias=False)
         self.init_buffers()
-        self.reset_parameters()
+        if not self.tok_emb.weight.is_meta:  # meta: sizing only, or materialised and loaded later
+            self.reset_parameters()
 
     def init_buffers(self) -> None:
         """Compute the RoPE tables (not saved in checkpoints). Call again after materialising a
