@@ -89,6 +89,9 @@ class PackedDocuments(IterableDataset):
                 seen += 1
                 if doc >= first:
                     yield epoch, doc, text
+            if seen == 0 and count == 1:
+                raise DataError(f"{self.source.name} has no {self.split} documents (empty, or "
+                                "all shorter than 20 characters after cleaning)")
             if seen == 0:
                 raise DataError(f"{self.source.name} ({self.split}) gives shard {shard} of {count} "
                                 "no documents: it has fewer documents than ranks x workers")

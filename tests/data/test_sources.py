@@ -154,3 +154,10 @@ def test_short_and_empty_documents_are_dropped():
     assert clean_text("   \n\n  ") is None
     assert clean_text("too short") is None
     assert clean_text("long enough to be a document") is not None
+
+
+def test_an_empty_source_is_one_clear_line(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    result = run_script("models/gpt.py", "--preset", "tiny", "--data", str(tmp_path / "empty.txt"),
+                        "--data_workers", "0", "--out_dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert_one_line_error(result, "has no", "documents")
