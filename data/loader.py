@@ -227,10 +227,15 @@ class StreamingLoader:
 # ----------------------------------------------------------------------------- prepared shards
 
 class PreparedLoader:
-    """Random blocks from memory-mapped shards; the same seed gives the same blocks."""
+    """Random blocks from memory-mapped shards; the same seed gives the same blocks.
+
+    Every rank draws the whole global batch (batch_size x world_size blocks) from the same
+    generator and keeps its own slice, so N processes train on exactly the rows one process
+    with an N-times larger batch would.
+    """
 
     def __init__(self, shards: list[np.ndarray], block_size: int, batch_size: int, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
         self.shards = [s for s in shards if len(s) > block_size]
         if not self.shards:
             longest = max((len(s) for s in shards), default=0)
@@ -239,17 +244,21 @@ class PreparedLoader:
         # Every valid block start, numbered across shards (a block never crosses two shards).
         self.starts = np.cumsum([0] + [len(s) - block_size for s in self.shards])
         self.block_size, self.batch_size = block_size, batch_size
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
     def from_folder(cls, folder: str | Path, split: str, tokenizer: Tokenizer, block_size: int,
-                    batch_size: int, seed: int, device: torch.device | str = "cpu"
-                    ) -> PreparedLoader:
-        return cls(read_prepared(folder, split, tokenizer), block_size, batch_size, seed, device)
+                    batch_size: int, seed: int, device: torch.device | str = "cpu",
+                    rank: int = 0, world_size: int = 1) -> PreparedLoader:
+        return cls(read_prepared(folder, split, tokenizer), block_size, batch_size, seed, device,
+                   rank, world_size)
 
     def next_batch(self) -> Batch:
-        picks = torch.randint(int(self.starts[-1]), (self.batch_size,), generator=self.generator)
+        picks = torch.randint(int(self.starts[-1]), (self.batch_size * self.world_size,),
+                              generator=self.generator)
+        picks = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         rows = []
         for pick in picks.tolist():
             shard = int(np.searchsorted(self.starts, pick, side="right")) - 1

@@ -53,3 +53,22 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s), from the vendors' data sheets, for MFU.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
+    "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The GPU's dense bf16 peak, or None where unknown (CPUs, unlisted GPUs): no MFU then."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS.items():  # most specific names first
+        if key in name:
+            return flops
+    return None

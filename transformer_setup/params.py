@@ -109,6 +109,7 @@ class TrainConfig:
     max_iters: int = 5000  # optimizer steps
     batch_size: int = 16  # sequences per micro-batch (per process)
     accumulation_steps: int = 1  # micro-batches per optimizer step
+    global_batch_tokens: int | None = None  # if set: accumulation = this / (batch x block x GPUs)
     learning_rate: float = 6e-4  # peak, reached after warmup
     min_lr: float = 6e-5  # floor of the cosine decay
     warmup_iters: int = 100
@@ -125,6 +126,10 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
+    compile: bool | None = None  # torch.compile the model; None: on for CUDA, off elsewhere
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
+    keep_checkpoints: int = 0  # also keep the last k numbered checkpoints (ckpt_STEP.pt); 0: none
+    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
     tensorboard: bool = True
     dry_run: bool = False  # print size, FLOPs and memory estimate, then exit
     resume: bool = False  # continue from out_dir/latest.pt
@@ -143,6 +148,13 @@ class TrainConfig:
         _require(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})")
         _require(self.sample_tokens >= 0, f"sample_tokens must be >= 0 (got {self.sample_tokens})")
         _require(self.data_workers >= 0, f"data_workers must be >= 0 (got {self.data_workers})")
+        _require(self.keep_checkpoints >= 0,
+                 f"keep_checkpoints must be >= 0 (got {self.keep_checkpoints})")
+        _require(self.max_bad_steps >= 1, f"max_bad_steps must be >= 1 (got {self.max_bad_steps})")
+        _require(self.global_batch_tokens is None or self.global_batch_tokens > 0,
+                 f"global_batch_tokens must be positive (got {self.global_batch_tokens})")
+        _require(not (self.fsdp and self.dtype == "fp16"),
+                 "fsdp with dtype fp16 is not supported; use bf16 (or fp32)")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             _require(0 <= value < 1, f"{name} must be in [0, 1) (got {value})")
