@@ -24,7 +24,7 @@ def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A short run of the quickstart's command: the tiny preset on pydocs, on the CPU."""
     out_dir = tmp_path_factory.mktemp("quickstart")
     result = run_script("models/gpt.py", "--preset", "tiny", "--out_dir", str(out_dir),
-                        "--max_iters", "60", "--eval_interval", "30", "--eval_iters", "4",
-                        "--log_interval", "10", "--save_interval", "30", cwd=out_dir)
+                        "--max_iters", "40", "--eval_interval", "20", "--eval_iters", "4",
+                        "--log_interval", "10", "--save_interval", "20", cwd=out_dir)
     assert result.returncode == 0, result.stderr
     return out_dir, result
