@@ -373,7 +373,7 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
                 if writer:
                     writer.add_scalar("val/loss", val_loss, step)
                     writer.add_scalar("val/bpb", val_bpb, step)
-                if tc.sample_tokens and d.is_main:
+                if tc.sample_tokens:  # on every rank: under FSDP each forward is collective
                     sample_generator.manual_seed(tc.seed)
                     with ctx:
                         ids = generate_ids(raw_model, [tokenizer.eot_id], tc.sample_tokens,
