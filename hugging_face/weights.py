@@ -10,6 +10,8 @@ and GPT-2 stores its linear layers transposed (Conv1D). Everything else is a ren
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import GPT2Config, LlamaConfig, PretrainedConfig
 
@@ -38,7 +40,17 @@ def hf_family(config: ModelConfig) -> str:
                       f"which differs in {', '.join(misfits)}")
 
 
+# Our embedding padding, kept in config.json (transformers ignores it) so imports restore it.
+PADDING_KEY = "gpt_pretrain_vocab_multiple"
+
+
 def to_hf_config(config: ModelConfig) -> PretrainedConfig:
+    hf_config = _stock_config(config)
+    setattr(hf_config, PADDING_KEY, config.vocab_multiple)
+    return hf_config
+
+
+def _stock_config(config: ModelConfig) -> PretrainedConfig:
     if hf_family(config) == "llama":
         return LlamaConfig(
             vocab_size=config.vocab_size, hidden_size=config.n_embd,
@@ -60,6 +72,11 @@ def to_hf_config(config: ModelConfig) -> PretrainedConfig:
 
 def from_hf_config(hf_config: PretrainedConfig) -> ModelConfig:
     """Our ModelConfig for a transformers Llama or GPT-2 config."""
+    config = _from_stock_config(hf_config)
+    return dataclasses.replace(config, vocab_multiple=getattr(hf_config, PADDING_KEY, 1))
+
+
+def _from_stock_config(hf_config: PretrainedConfig) -> ModelConfig:
     model_type = getattr(hf_config, "model_type", None)
     if model_type == "llama":
         rope = getattr(hf_config, "rope_parameters", None) or {}

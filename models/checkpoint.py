@@ -84,3 +84,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
         raise CheckpointError(f"the checkpoint's weights do not fit its config "
                               f"({str(err).splitlines()[0]})") from None
     return model.eval(), tokenizer
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer of a checkpoint file, or of a transformers model folder (Llama or
+    GPT-2 layout) run through our own model, so both are scored by identical code."""
+    if Path(path).is_dir() and (Path(path) / "config.json").exists():
+        from hugging_face.convert_from_hf import model_from_hf
+        return model_from_hf(str(path), device)
+    return model_from_checkpoint(load_checkpoint(path, map_location=device), device)

@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
+from models.checkpoint import load_checkpoint
 from models.device import dtype_name, resolve_device, resolve_dtype
 from models.estimate import meta_model, training_memory
 from models.trainer import train
-from tokenization.tokenizer import get_tokenizer
+from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, add_dataclass_arguments, run_main
-from transformer_setup.params import ModelConfig, TrainConfig, build_configs
+from transformer_setup.params import ModelConfig, TrainConfig, build_configs, config_from_dict
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any]]:
@@ -78,11 +79,33 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise UserError(f"output folder {out_dir} is not writable ({err.strerror})") from None
 
 
+RUNTIME_FIELDS = ("dropout", "gradient_checkpointing", "attention")  # not part of the weights
+
+
+def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
+    """The model shape and tokenizer of the checkpoint to start from; the command line may
+    change only what does not touch the weights."""
+    ckpt = load_checkpoint(path)
+    config = config_from_dict(ModelConfig, ckpt["model_config"])
+    for key, value in overrides.items():
+        if key in ModelConfig.__dataclass_fields__ and key not in RUNTIME_FIELDS and \
+                getattr(config, key) != value:
+            raise UserError(f"--{key} {value} contradicts --init_from {path} "
+                            f"({key} = {getattr(config, key)}); the shape comes from it")
+    runtime = {k: overrides[k] for k in RUNTIME_FIELDS if k in overrides}
+    return dataclasses.replace(config, **runtime), Tokenizer.from_spec(ckpt["tokenizer"])
+
+
 def main(argv: list[str] | None = None) -> None:
     preset, overrides = parse_args(argv)
     model_config, train_config = build_configs(preset, overrides)
     if train_config.dry_run:
         dry_run(model_config, train_config)
+        return
+    if train_config.init_from and not train_config.resume:
+        model_config, tokenizer = config_from_init(train_config.init_from, overrides)
+        prepare_out_dir(Path(train_config.out_dir))
+        train(model_config, train_config, tokenizer)
         return
     # The tokenizer decides the vocabulary, unless --vocab_size asks for more room.
     tokenizer = get_tokenizer(train_config.tokenizer)

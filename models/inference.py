@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from models.checkpoint import load_checkpoint, model_from_checkpoint
+from models.checkpoint import load_model
 from models.device import autocast, resolve_device, resolve_dtype
 from models.generate import generate
 from tokenization.tokenizer import Tokenizer
@@ -24,7 +24,7 @@ from transformer_setup.transformer import GPT
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Generate text with a trained checkpoint.")
-    parser.add_argument("checkpoint", help="a .pt checkpoint written by models/gpt.py")
+    parser.add_argument("checkpoint", help="a .pt checkpoint, or a transformers model folder")
     parser.add_argument("--prompt", help="generate one continuation of this text, then exit")
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -140,14 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    ckpt = load_checkpoint(args.checkpoint, map_location=device)
-    model, tokenizer = model_from_checkpoint(ckpt, device)
+    model, tokenizer = load_model(args.checkpoint, device)
     generator = Generator(model, tokenizer, args, device, dtype)
     if args.prompt is not None:
         generator.respond(args.prompt)
         return
-    print(f"loaded {args.checkpoint}: {model.num_params():,} parameters, step "
-          f"{ckpt.get('step', '?')}, tokenizer {tokenizer.name}")
+    print(f"loaded {args.checkpoint}: {model.num_params():,} parameters, "
+          f"tokenizer {tokenizer.name}")
     try:
         interactive(generator)
     except KeyboardInterrupt:

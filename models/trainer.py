@@ -236,6 +236,9 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
         distributed.check_world(ckpt["world_size"], d)
         if not tc.fsdp:
             raw_model.load_state_dict(ckpt["model"])
+    elif tc.init_from:  # weights to start from; optimizer, step and data start fresh
+        raw_model.load_state_dict(load_checkpoint(tc.init_from)["model"])
+        log(f"initialised from {tc.init_from}")
     model = distributed.wrap(raw_model, d, device, tc.fsdp)
     optimizer = make_optimizer(raw_model, tc, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

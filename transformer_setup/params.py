@@ -133,6 +133,7 @@ class TrainConfig:
     tensorboard: bool = True
     dry_run: bool = False  # print size, FLOPs and memory estimate, then exit
     resume: bool = False  # continue from out_dir/latest.pt
+    init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer)
 
     def __post_init__(self) -> None:
         if self.lr_decay_iters is None:

@@ -229,6 +229,12 @@ class GPT(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.out_proj, block.mlp.down_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        # Padding rows of the vocabulary get no gradient, so zeros stay zeros: exports drop them
+        # and imports restore them exactly.
+        with torch.no_grad():
+            for head in (self.tok_emb, self.lm_head):
+                if head is not None:
+                    head.weight[self.config.vocab_size:] = 0.0
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 start: int = 0) -> torch.Tensor:

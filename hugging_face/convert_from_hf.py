@@ -1,0 +1,101 @@
+"""Import a transformers Llama or GPT-2 model into our checkpoint format.
+
+    python hugging_face/convert_from_hf.py --model hf/tiny --output imported.pt
+    python hugging_face/convert_from_hf.py --model openai-community/gpt2 --output gpt2.pt
+    python models/gpt.py --init_from gpt2.pt --data fineweb-edu ...   # continue pretraining
+
+The model's tokenizer comes from its folder (a byte-level BPE tokenizer.json), or from
+--tokenizer. The checkpoint then works with every script here: inference, evaluation, training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from hugging_face.weights import from_hf_config, from_hf_state_dict
+from models.checkpoint import save_checkpoint
+from tokenization.tokenizer import Tokenizer, TokenizerError, get_tokenizer, tokenizer_from_folder
+from transformer_setup.cli import ArgumentParser, UserError, run_main
+from transformer_setup.params import ModelConfig
+from transformer_setup.transformer import GPT
+
+
+def _hub_reachable(model_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(model_id, timeout=15)
+    except Exception as err:  # DNS, connection, 401/404: all mean we cannot get it
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise UserError(f"cannot reach model {model_id!r} on the Hugging Face Hub ({reason}); "
+                        "pass a local folder instead") from None
+
+
+def load_hf_model(id_or_dir: str, tokenizer: str | None = None
+                  ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+    """Our config, our state dict and the tokenizer of a transformers model folder or Hub id."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    local = Path(id_or_dir)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{id_or_dir} is not a transformers model folder (no config.json)")
+    else:
+        _hub_reachable(id_or_dir)
+    try:
+        hf_config = AutoConfig.from_pretrained(id_or_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot read the config of {id_or_dir} "
+                        f"({str(err).splitlines()[0][:160]})") from None
+    config = from_hf_config(hf_config)  # a ConfigError for unsupported architectures
+    hf_model = AutoModelForCausalLM.from_pretrained(id_or_dir, dtype=torch.float32)
+    state = from_hf_state_dict(hf_model.state_dict(), config)
+    if tokenizer is not None:
+        tok = get_tokenizer(tokenizer)
+    elif local.exists():
+        try:
+            tok = tokenizer_from_folder(local)
+        except TokenizerError as err:
+            raise UserError(f"{err}; pass --tokenizer to choose one") from None
+    else:
+        from huggingface_hub import snapshot_download
+        tok = tokenizer_from_folder(snapshot_download(id_or_dir, allow_patterns=["tokenizer*"]))
+    if tok.n_vocab > config.vocab_size:
+        raise UserError(f"the tokenizer has {tok.n_vocab} ids but the model only "
+                        f"{config.vocab_size}")
+    return config, state, tok
+
+
+def model_from_hf(id_or_dir: str, device: torch.device | str = "cpu"
+                  ) -> tuple[GPT, Tokenizer]:
+    """Our model, with the weights of a transformers folder: for inference and evaluation."""
+    config, state, tok = load_hf_model(id_or_dir)
+    model = GPT(config)
+    model.load_state_dict(state)
+    return model.to(device).eval(), tok
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description="Import a transformers Llama or GPT-2 model.")
+    parser.add_argument("--model", required=True, help="a model folder or a Hub id")
+    parser.add_argument("--output", required=True, help="the checkpoint to write (.pt)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="gpt2, bytes or a folder (default: the model's own tokenizer)")
+    args = parser.parse_args(argv)
+    config, state, tok = load_hf_model(args.model, args.tokenizer)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model_config": dataclasses.asdict(config), "tokenizer": tok.spec(),
+                     "model": state, "step": 0, "tokens_seen": 0,
+                     "best_val_loss": float("inf"), "train_config": {"data": args.model},
+                     "world_size": 1}, output)
+    n_params = sum(t.numel() for t in state.values())
+    print(f"imported {args.model}: {n_params:,} parameters ({config.n_layer} layers, "
+          f"{config.pos_emb}/{config.norm}/{config.mlp}), tokenizer {tok.name}; wrote {output}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,139 @@
+"""Export a checkpoint as a folder that transformers' Auto classes load, with no custom code.
+
+    python hugging_face/convert_to_hf.py --checkpoint out/tiny/best_model.pt --output_dir hf/tiny
+
+The folder holds config.json and safetensors weights for the stock class of the model's family
+(LlamaForCausalLM for RoPE/RMSNorm/SwiGLU, GPT2LMHeadModel for the GPT-2 layout), sharded when
+large; generation_config.json; the tokenizer (AutoTokenizer gives our ids; <|endoftext|> is bos
+and eos); and a model card README.md with the Hub's metadata and the facts of the training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hugging_face.weights import hf_family, to_hf_config, to_hf_state_dict
+from models.checkpoint import load_checkpoint
+from tokenization.tokenizer import Tokenizer
+from transformer_setup.cli import ArgumentParser, UserError, run_main
+from transformer_setup.params import ModelConfig, config_from_dict
+
+HUB_DATASETS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu", "wikitext-103": "Salesforce/wikitext"}
+
+
+def prepare_output_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise UserError(f"{path} exists and is not empty; choose another --output_dir or "
+                            "pass --overwrite")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def model_card(ckpt: dict[str, Any], config: ModelConfig, family: str, n_params: int,
+               license_id: str) -> str:
+    """README.md: YAML front matter for the Hub, then what the model is and how it was trained."""
+    train = ckpt.get("train_config", {})
+    data = train.get("data", "")
+    datasets = [HUB_DATASETS[data]] if data in HUB_DATASETS else \
+        [data] if data.count("/") == 1 and not Path(data).exists() else []
+    val_loss = ckpt.get("best_val_loss")
+    front = ["---", f"license: {license_id}", "language:", "- en", "library_name: transformers",
+             "pipeline_tag: text-generation", "tags:", "- text-generation", "- causal-lm",
+             f"- {family}", "- gpt-pretrain"]
+    if datasets:
+        front += ["datasets:"] + [f"- {d}" for d in datasets]
+    front.append("---")
+    facts = [f"| parameters | {n_params:,} |",
+             f"| layers / width / heads / KV heads | {config.n_layer} / {config.n_embd} / "
+             f"{config.n_head} / {config.n_kv_head} |",
+             f"| context | {config.block_size} tokens |",
+             f"| tokenizer | {ckpt['tokenizer']['name']} ({config.vocab_size:,} ids) |",
+             f"| training data | {data or 'unknown'} |",
+             f"| optimizer steps | {ckpt.get('step', 0):,} |",
+             f"| tokens seen | {ckpt.get('tokens_seen', 0):,} |"]
+    if val_loss is not None and math.isfinite(val_loss):
+        facts += [f"| best validation loss | {val_loss:.4f} nats/token |",
+                  f"| validation perplexity | {math.exp(val_loss):.2f} |"]
+    cls = "LlamaForCausalLM" if family == "llama" else "GPT2LMHeadModel"
+    body = f"""
+# {cls.replace('ForCausalLM', '').replace('LMHeadModel', '')} model pretrained from scratch
+
+A decoder-only language model trained with gpt-pretrain and exported to the stock
+transformers class `{cls}`: no custom code is needed to load it.
+
+| | |
+| --- | --- |
+{chr(10).join(facts)}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")
+model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")
+ids = tokenizer("The meaning of life is", return_tensors="pt").input_ids
+print(tokenizer.decode(model.generate(ids, max_new_tokens=40)[0]))
+```
+
+This is a base model: it continues text, it does not follow instructions.
+"""
+    return "\n".join(front) + "\n" + body
+
+
+def export(ckpt: dict[str, Any], output_dir: Path, overwrite: bool = False,
+           license_id: str = "apache-2.0") -> str:
+    """Write the folder; returns the family. Nothing is written if the model has no stock class."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    config = config_from_dict(ModelConfig, ckpt["model_config"])
+    family = hf_family(config)  # raises, naming the knobs in the way, before anything is written
+    tokenizer = Tokenizer.from_spec(ckpt["tokenizer"])
+    if tokenizer.n_vocab != config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.n_vocab} ids but the model "
+                        f"{config.vocab_size}; such a checkpoint cannot be exported consistently")
+    prepare_output_dir(output_dir, overwrite)
+    hf_config = to_hf_config(config)
+    hf_config.bos_token_id = hf_config.eos_token_id = tokenizer.eot_id
+    with torch.device("meta"):
+        hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    state = to_hf_state_dict(ckpt["model"], config)
+    missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
+    if unexpected or any(key != "lm_head.weight" for key in missing):
+        raise RuntimeError(f"weight names do not match: missing {missing}, unexpected {unexpected}")
+    hf_model.tie_weights()
+    hf_model.save_pretrained(output_dir, max_shard_size="2GB")
+    GenerationConfig(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id,
+                     pad_token_id=tokenizer.eot_id, do_sample=True, temperature=0.8, top_k=200,
+                     max_new_tokens=200).save_pretrained(output_dir)
+    tokenizer.save(output_dir)
+    n_params = sum(t.numel() for t in state.values())
+    (output_dir / "README.md").write_text(model_card(ckpt, config, family, n_params, license_id))
+    return family
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description="Export a checkpoint to a transformers model folder.")
+    parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint (best_model.pt)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    parser.add_argument("--license", default="apache-2.0", help="license id for the model card")
+    args = parser.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    family = export(ckpt, Path(args.output_dir), args.overwrite, args.license)
+    config = dataclasses.asdict(config_from_dict(ModelConfig, ckpt["model_config"]))
+    print(f"exported {args.checkpoint} ({family}, {config['n_layer']} layers) to "
+          f"{args.output_dir}; load it with AutoModelForCausalLM.from_pretrained")
+
+
+if __name__ == "__main__":
+    run_main(main)
