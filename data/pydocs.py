@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import json
+import os
+import sys
 import sysconfig
 from pathlib import Path
+
+CACHE_VERSION = 1  # bump when the extraction below changes
 
 # Folders of the standard library that are tests, tools or GUI demos rather than documentation.
 SKIPPED_PARTS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3",
@@ -44,9 +50,35 @@ def _module_docstrings(path: Path) -> str:
     return "\n\n".join(parts)
 
 
+def _cache_path() -> Path:
+    """One cache file per interpreter: the corpus depends on the Python version and its stdlib."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt-pretrain"
+    stdlib = sysconfig.get_paths()["stdlib"]
+    key = hashlib.sha256(f"{sys.version}|{stdlib}|{CACHE_VERSION}".encode()).hexdigest()[:16]
+    return root / f"pydocs-{key}.json"
+
+
 @functools.lru_cache(maxsize=1)
 def pydocs_documents() -> tuple[tuple[str, str], ...]:
-    """(document id, text) pairs in a fixed order."""
+    """(document id, text) pairs in a fixed order. Parsing the standard library takes a few
+    seconds, so the result is cached on disk (best effort)."""
+    cache = _cache_path()
+    try:
+        return tuple(tuple(doc) for doc in json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    docs = _build_documents()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home: parse again next time
+    return docs
+
+
+def _build_documents() -> tuple[tuple[str, str], ...]:
     docs = _topic_documents()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.rglob("*.py")):

@@ -13,8 +13,6 @@ TensorBoard logs under OUT_DIR.
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,17 +66,6 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
           f"{gigabytes(memory.activations)} + logits {gigabytes(memory.logits)}")
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Fail before training, not after an hour, when checkpoints could not be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output folder {out_dir} is not writable ({err.strerror})") from None
-
-
 RUNTIME_FIELDS = ("dropout", "gradient_checkpointing", "attention")  # not part of the weights
 
 
@@ -104,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     if train_config.init_from and not train_config.resume:
         model_config, tokenizer = config_from_init(train_config.init_from, overrides)
-        prepare_out_dir(Path(train_config.out_dir))
         train(model_config, train_config, tokenizer)
         return
     # The tokenizer decides the vocabulary, unless --vocab_size asks for more room.
@@ -114,7 +100,6 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--vocab_size {vocab_size} is smaller than the tokenizer's "
                         f"{tokenizer.n_vocab} ids")
     model_config = dataclasses.replace(model_config, vocab_size=vocab_size)
-    prepare_out_dir(Path(train_config.out_dir))
     train(model_config, train_config, tokenizer)
 
 

@@ -205,6 +205,17 @@ class RunLog:
             self.file.close()
 
 
+def prepare_out_dir(out_dir: Path) -> None:
+    """Fail before training, not after an hour, when checkpoints could not be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output folder {out_dir} is not writable ({err.strerror})") from None
+
+
 def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> dict[str, float]:
     device = resolve_device(tc.device)
     d, device = distributed.setup(device)
@@ -217,6 +228,8 @@ def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> d
 def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
            device: torch.device, d: Distributed) -> dict[str, float]:
     out_dir = Path(tc.out_dir)
+    if d.is_main:
+        prepare_out_dir(out_dir)
     latest_path, best_path = out_dir / "latest.pt", out_dir / "best_model.pt"
     if tc.resume and not latest_path.exists():
         raise UserError(f"--resume: no checkpoint to resume from at {latest_path}")

@@ -161,3 +161,18 @@ def test_an_empty_source_is_one_clear_line(tmp_path):
     result = run_script("models/gpt.py", "--preset", "tiny", "--data", str(tmp_path / "empty.txt"),
                         "--data_workers", "0", "--out_dir", str(tmp_path / "o"), cwd=tmp_path)
     assert_one_line_error(result, "has no", "documents")
+
+
+def test_the_pydocs_cache_equals_a_fresh_parse(tmp_path, monkeypatch):
+    from data import pydocs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pydocs.pydocs_documents.cache_clear()
+    try:
+        first = pydocs.pydocs_documents()  # parses and writes the cache
+        assert pydocs._cache_path().parent == tmp_path / "gpt-pretrain"
+        assert pydocs._cache_path().exists()
+        pydocs.pydocs_documents.cache_clear()
+        assert pydocs.pydocs_documents() == first == pydocs._build_documents()
+    finally:
+        pydocs.pydocs_documents.cache_clear()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.clean_text import clean_text
+from evaluation import eval_perplexity
 from evaluation.eval_perplexity import score_tokens, windows
 from evaluation.hellaswag import ending_scores
+from hugging_face.convert_to_hf import export
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.helpers import FIXTURES, assert_one_line_error, run_script
 from tokenization.tokenizer import byte_tokenizer
@@ -62,12 +65,10 @@ def test_stride_equal_to_context_is_disjoint_chunks():
 
 
 @pytest.mark.skipif(not WIKITEXT_TEST.exists(), reason="WikiText-2 fixture absent")
-def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_path):
+def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_path, capsys):
     out_dir, _ = quickstart
     exported = tmp_path / "hf"
-    assert run_script("hugging_face/convert_to_hf.py", "--checkpoint",
-                      str(out_dir / "best_model.pt"), "--output_dir", str(exported),
-                      cwd=tmp_path).returncode == 0
+    export(load_checkpoint(out_dir / "best_model.pt"), exported)
     max_tokens, stride = 6000, 48
     result = run_script("evaluation/eval_perplexity.py", str(out_dir / "best_model.pt"),
                         "--data", str(WIKITEXT_TEST), "--max_tokens", str(max_tokens),
@@ -96,17 +97,15 @@ def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_pa
     assert ours["perplexity"] == pytest.approx(math.exp(nats / count), rel=1e-4)
     assert ours["loss"] == pytest.approx(nats / count, rel=1e-4)
 
-    folder = run_script("evaluation/eval_perplexity.py", str(exported), "--data",
-                        str(WIKITEXT_TEST), "--max_tokens", str(max_tokens), "--stride",
-                        str(stride), "--json", cwd=tmp_path)
-    assert json.loads(folder.stdout)["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
+    eval_perplexity.main([str(exported), "--data", str(WIKITEXT_TEST), "--max_tokens",
+                          str(max_tokens), "--stride", str(stride), "--json"])
+    folder = json.loads(capsys.readouterr().out)  # the transformers folder, through our code
+    assert folder["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
 
 
 def test_perplexity_bad_input(quickstart, tmp_path):
     out_dir, _ = quickstart
     ckpt = str(out_dir / "best_model.pt")
-    assert_one_line_error(run_script("evaluation/eval_perplexity.py", ckpt, "--data", "nope",
-                                     cwd=tmp_path), "unknown data source")
     assert_one_line_error(run_script("evaluation/eval_perplexity.py", ckpt, "--data", "pydocs",
                                      "--stride", "999", cwd=tmp_path), "--stride")
     assert_one_line_error(run_script("evaluation/eval_perplexity.py", str(tmp_path / "no.pt"),
@@ -157,3 +156,11 @@ def test_hellaswag_bad_file(tmp_path, quickstart):
     assert_one_line_error(run_script("evaluation/hellaswag.py", str(out_dir / "best_model.pt"),
                                      "--data", str(tmp_path / "bad.jsonl"), cwd=tmp_path),
                           "HellaSwag's format")
+
+
+def test_unreachable_evaluation_source_is_one_line(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_script("evaluation/eval_perplexity.py", str(out_dir / "best_model.pt"),
+                        cwd=tmp_path, env=env)  # default: WikiText-103 test, on the Hub
+    assert_one_line_error(result, "cannot reach dataset 'Salesforce/wikitext'")

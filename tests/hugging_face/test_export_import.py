@@ -9,16 +9,21 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, LlamaForCausalLM
 
 from data.sources import get_source
+from hugging_face import convert_from_hf
+from hugging_face.convert_to_hf import export
 from hugging_face.weights import to_hf_config
 from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from models.generate import generate_ids
+from models.gpt import config_from_init
+from models.trainer import train
 from tests.helpers import FIXTURES, assert_one_line_error, run_script
 from tokenization.tokenizer import byte_tokenizer
-from transformer_setup.params import ModelConfig
+from transformer_setup.cli import UserError
+from transformer_setup.params import ModelConfig, build_configs
 from transformer_setup.transformer import GPT
 
-GPT2_LAYOUT = ["--mlp", "gelu", "--norm", "layernorm", "--pos_emb", "learned", "--bias",
-               "--tie_embeddings"]
+GPT2_LAYOUT = dict(mlp="gelu", norm="layernorm", pos_emb="learned", bias=True,
+                   tie_embeddings=True)
 
 
 def real_text() -> str:
@@ -30,17 +35,15 @@ def real_text() -> str:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A trained tiny checkpoint of each family (a few steps of real training)."""
+    """A trained tiny checkpoint of each family (a few steps of real training, in-process)."""
     root = tmp_path_factory.mktemp("families")
     paths = {}
-    for family, extra in (("llama", ["--n_kv_head", "2"]), ("gpt2", GPT2_LAYOUT)):
-        out = root / family
-        result = run_script("models/gpt.py", "--preset", "tiny", "--max_iters", "6",
-                            "--batch_size", "4", "--eval_iters", "1", "--eval_interval", "3",
-                            "--sample_tokens", "0", "--data_workers", "0", "--out_dir", str(out),
-                            *extra, cwd=root)
-        assert result.returncode == 0, result.stderr
-        paths[family] = out / "latest.pt"
+    for family, extra in (("llama", {"n_kv_head": 2}), ("gpt2", GPT2_LAYOUT)):
+        model_config, train_config = build_configs("tiny", dict(
+            max_iters=6, batch_size=4, eval_iters=1, eval_interval=3, sample_tokens=0,
+            data_workers=0, tensorboard=False, out_dir=str(root / family), **extra))
+        train(dataclasses.replace(model_config, vocab_size=257), train_config, byte_tokenizer())
+        paths[family] = root / family / "latest.pt"
     return paths
 
 
@@ -48,9 +51,7 @@ def checkpoints(tmp_path_factory):
 def exported(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("exported")
     for family, ckpt in checkpoints.items():
-        result = run_script("hugging_face/convert_to_hf.py", "--checkpoint", str(ckpt),
-                            "--output_dir", str(root / family), cwd=root)
-        assert result.returncode == 0, result.stderr
+        export(load_checkpoint(ckpt), root / family)
     return {family: root / family for family in checkpoints}
 
 
@@ -122,19 +123,18 @@ def test_import_of_a_random_transformers_model_matches_its_logits(reference, tmp
 
 
 def test_an_imported_checkpoint_continues_pretraining(checkpoints, exported, tmp_path):
-    run_script("hugging_face/convert_from_hf.py", "--model", str(exported["gpt2"]), "--output",
-               str(tmp_path / "start.pt"), cwd=tmp_path)
+    convert_from_hf.main(["--model", str(exported["gpt2"]), "--output",
+                          str(tmp_path / "start.pt")])
     result = run_script("models/gpt.py", "--init_from", str(tmp_path / "start.pt"), "--data",
                         "pydocs", "--max_iters", "2", "--batch_size", "2", "--eval_iters", "1",
-                        "--sample_tokens", "0", "--data_workers", "0", "--out_dir",
-                        str(tmp_path / "run"), cwd=tmp_path)
+                        "--sample_tokens", "0", "--data_workers", "0", "--n_layer", "4",
+                        "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "initialised from" in result.stdout
     ckpt = load_checkpoint(tmp_path / "run" / "latest.pt")
     assert ckpt["model_config"]["mlp"] == "gelu" and ckpt["step"] == 2
-    clash = run_script("models/gpt.py", "--init_from", str(tmp_path / "start.pt"), "--n_layer",
-                       "9", "--out_dir", str(tmp_path / "x"), cwd=tmp_path)
-    assert_one_line_error(clash, "--n_layer 9 contradicts --init_from")
+    with pytest.raises(UserError, match="--n_layer 9 contradicts --init_from"):
+        config_from_init(str(tmp_path / "start.pt"), {"n_layer": 9})
 
 
 def test_publish_dry_run_lists_files_offline_and_never_prints_the_token(exported, tmp_path):
