@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from transformer_setup.params import ModelConfig
-from transformer_setup.transformer import GPT
+from transformer_setup.transformer import GPT, LOSS_CHUNK_TOKENS
 
 
 def meta_model(config: ModelConfig) -> GPT:
@@ -55,7 +55,9 @@ def training_memory(config: ModelConfig, n_params: int, micro_batch: int,
         activations = tokens * (config.n_layer * 4 * config.n_embd + per_layer)
     else:
         activations = tokens * config.n_layer * per_layer
-    # Logits in the autocast dtype, their fp32 copy for the loss, and its gradient.
+    # Logits in the autocast dtype, their fp32 copy for the loss, and its gradient: for one
+    # chunk of the loss at a time (see chunked_cross_entropy).
     logits_bytes = (act_bytes + 4 + 4) if act_bytes != 4 else (4 + 4)
+    logit_tokens = min(tokens, LOSS_CHUNK_TOKENS) if tokens > LOSS_CHUNK_TOKENS else tokens
     return MemoryEstimate(weights_and_optimizer=16 * n_params, activations=activations,
-                          logits=tokens * config.padded_vocab_size * logits_bytes)
+                          logits=logit_tokens * config.padded_vocab_size * logits_bytes)

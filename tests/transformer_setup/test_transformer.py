@@ -195,3 +195,49 @@ def test_padding_ids_are_never_predicted_sampled_or_counted():
 def test_vocab_padding_is_on_for_1b_and_off_for_gpt2():
     assert build_configs("1b")[0].padded_vocab_size == 50304
     assert build_configs("gpt2")[0].padded_vocab_size == 50257
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_loss_equals_plain_cross_entropy(tie):
+    from transformer_setup.transformer import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**dict(LLAMA_SMALL, vocab_multiple=64, tie_embeddings=tie)))
+    x = torch.randn(3, 32, 64, requires_grad=True)
+    targets = torch.randint(0, 101, (3, 32))
+    targets[0, :5] = -1  # ignored positions
+    head = model.tok_emb.weight if tie else model.lm_head.weight
+    plain = torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(x, head)[..., :101].reshape(-1, 101), targets.reshape(-1),
+        ignore_index=-1)
+    grads_plain = torch.autograd.grad(plain, [x, head])
+    chunked = chunked_cross_entropy(x, head, targets, 101, chunk_tokens=7)
+    grads_chunked = torch.autograd.grad(chunked, [x, head])
+    torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_chunked, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_model_uses_the_chunked_loss_for_large_batches(monkeypatch):
+    from transformer_setup import transformer
+
+    model = make_model(**LLAMA_SMALL).train()
+    idx, targets = torch.randint(0, 101, (4, 32)), torch.randint(0, 101, (4, 32))
+    plain = model(idx, targets)
+    monkeypatch.setattr(transformer, "LOSS_CHUNK_TOKENS", 20)  # 128 tokens: 7 chunks
+    torch.testing.assert_close(model(idx, targets), plain, rtol=1e-6, atol=1e-6)
+
+
+def test_flops_per_token_match_an_independent_count_for_gpt2_and_1b():
+    # gpt2: 12 layers x (attention 4 x 768^2 + MLP 2 x 768 x 3072) + head 50257 x 768.
+    gpt2 = 12 * (4 * 768**2 + 2 * 768 * 3072) + 50257 * 768
+    assert count_flops("gpt2") == 6 * gpt2 + 12 * 12 * 768 * 1024
+    # 1b: 24 x (4 x 1536^2 + 3 x 1536 x 6144) + padded head 50304 x 1536.
+    flagship = 24 * (4 * 1536**2 + 3 * 1536 * 6144) + 50304 * 1536
+    assert count_flops("1b") == 6 * flagship + 12 * 24 * 1536 * 1024
+
+
+def count_flops(preset: str) -> int:
+    model_config, _ = build_configs(preset)
+    with torch.device("meta"):
+        return GPT(model_config).flops_per_token()
