@@ -61,3 +61,14 @@ def training_memory(config: ModelConfig, n_params: int, micro_batch: int,
     logit_tokens = min(tokens, LOSS_CHUNK_TOKENS) if tokens > LOSS_CHUNK_TOKENS else tokens
     return MemoryEstimate(weights_and_optimizer=16 * n_params, activations=activations,
                           logits=logit_tokens * config.padded_vocab_size * logits_bytes)
+
+
+def largest_micro_batch(config: ModelConfig, n_params: int, dtype: torch.dtype,
+                        memory_bytes: float, headroom: float = 0.9, limit: int = 4096) -> int:
+    """The largest micro-batch whose estimate fits in headroom x memory (0 if none does)."""
+    best = 0
+    for batch in range(1, limit + 1):
+        if training_memory(config, n_params, batch, dtype).total > headroom * memory_bytes:
+            break
+        best = batch
+    return best

@@ -19,7 +19,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.device import dtype_name, resolve_device, resolve_dtype
-from models.estimate import meta_model, training_memory
+from models.estimate import largest_micro_batch, meta_model, training_memory
 from models.trainer import train
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, add_dataclass_arguments, run_main
@@ -64,6 +64,17 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
           f"{dtype_name(dtype)}{assumed}{checkpointing}): {gigabytes(memory.total)} = "
           f"weights+grads+AdamW {gigabytes(memory.weights_and_optimizer)} + activations "
           f"{gigabytes(memory.activations)} + logits {gigabytes(memory.logits)}")
+    memory_bytes = train_config.gpu_memory_gb * 1e9
+    fits = {ckpt: largest_micro_batch(dataclasses.replace(model_config,
+                                                          gradient_checkpointing=ckpt),
+                                      n_params, dtype, memory_bytes) for ckpt in (False, True)}
+    print(f"largest micro-batch for {train_config.gpu_memory_gb:g} GB (90% used): "
+          f"{fits[False]} without gradient checkpointing, {fits[True]} with")
+    seconds_per_token = flops / (train_config.gpu_tflops * 1e12 * train_config.assumed_mfu)
+    print(f"estimated speed on a {train_config.gpu_tflops:g} TFLOP/s GPU at "
+          f"{100 * train_config.assumed_mfu:g}% MFU: {1 / seconds_per_token:,.0f} tokens/s "
+          f"({1e6 * seconds_per_token:.2f} us per token; "
+          f"{seconds_per_token * tokens_per_step:.2f} s per optimizer step)")
 
 
 RUNTIME_FIELDS = ("dropout", "gradient_checkpointing", "attention")  # not part of the weights

@@ -132,6 +132,9 @@ class TrainConfig:
     max_bad_steps: int = 10  # non-finite steps in a row before the run stops
     tensorboard: bool = True
     dry_run: bool = False  # print size, FLOPs and memory estimate, then exit
+    gpu_memory_gb: float = 80.0  # dry run: size the micro-batch for a GPU with this memory
+    gpu_tflops: float = 989.0  # dry run: its dense bf16 peak (H100: 989)
+    assumed_mfu: float = 0.4  # dry run: the fraction of that peak a run reaches
     resume: bool = False  # continue from out_dir/latest.pt
     init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer)
 
@@ -160,6 +163,8 @@ class TrainConfig:
             value = getattr(self, name)
             _require(0 <= value < 1, f"{name} must be in [0, 1) (got {value})")
         _require_choice("dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
+        _require(self.gpu_memory_gb > 0 and self.gpu_tflops > 0 and 0 < self.assumed_mfu <= 1,
+                 "gpu_memory_gb and gpu_tflops must be positive, assumed_mfu in (0, 1]")
 
 
 # Presets: field overrides for (ModelConfig, TrainConfig). Command-line values override these.
