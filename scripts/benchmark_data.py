@@ -12,6 +12,8 @@ mark (children included for worker processes).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import resource
 import tempfile
@@ -40,6 +42,35 @@ def tokens_per_second(loader, tokens_per_batch: int, seconds: float) -> tuple[fl
     return batches * tokens_per_batch / (time.perf_counter() - start), batches
 
 
+def loader_rows(data: str, tokenizer_name: str, batch_size: int, block_size: int,
+                seconds: float, worker_counts: list[int]) -> list[dict]:
+    """tokens/s and peak memory of streaming (per worker count), prepare.py and prepared."""
+    tokenizer = get_tokenizer(tokenizer_name)
+    source = get_source(data)
+    per_batch = batch_size * block_size
+    rows = []
+    for workers in worker_counts:
+        loader = StreamingLoader(source, tokenizer, block_size, batch_size, workers=workers)
+        rate, batches = tokens_per_second(loader, per_batch, seconds)
+        rows.append({"loader": f"streaming, {workers} workers", "tokens_per_s": rate,
+                     "batches": batches, "peak_rss_mb": peak_rss_mb()})
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            prepare.main(["--data", data, "--tokenizer", tokenizer_name, "--out", folder])
+        prepare_seconds = time.perf_counter() - start
+        total = json.loads((Path(folder) / "meta.json").read_text())["splits"]
+        tokens = total["train"]["tokens"] + total["val"]["tokens"]
+        rows.append({"loader": "prepare.py (writing shards)", "tokens_per_s": tokens /
+                     prepare_seconds, "batches": 0, "peak_rss_mb": peak_rss_mb()})
+        loader = PreparedLoader.from_folder(folder, "train", tokenizer, block_size, batch_size,
+                                            seed=0)
+        rate, batches = tokens_per_second(loader, per_batch, seconds)
+        rows.append({"loader": "prepared (memory-mapped)", "tokens_per_s": rate,
+                     "batches": batches, "peak_rss_mb": peak_rss_mb()})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="pydocs")
@@ -51,33 +82,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="streaming worker counts to measure")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    tokenizer = get_tokenizer(args.tokenizer)
-    source = get_source(args.data)
-    per_batch = args.batch_size * args.block_size
-    rows = []
-    for workers in args.workers:
-        loader = StreamingLoader(source, tokenizer, args.block_size, args.batch_size,
-                                 workers=workers)
-        rate, batches = tokens_per_second(loader, per_batch, args.seconds)
-        rows.append({"loader": f"streaming, {workers} workers", "tokens_per_s": rate,
-                     "batches": batches, "peak_rss_mb": peak_rss_mb()})
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        prepare.main(["--data", args.data, "--tokenizer", args.tokenizer, "--out", folder])
-        prepare_seconds = time.perf_counter() - start
-        total = json.loads((Path(folder) / "meta.json").read_text())["splits"]
-        tokens = total["train"]["tokens"] + total["val"]["tokens"]
-        rows.append({"loader": "prepare.py (writing shards)", "tokens_per_s": tokens /
-                     prepare_seconds, "batches": 0, "peak_rss_mb": peak_rss_mb()})
-        loader = PreparedLoader.from_folder(folder, "train", tokenizer, args.block_size,
-                                            args.batch_size, seed=0)
-        rate, batches = tokens_per_second(loader, per_batch, args.seconds)
-        rows.append({"loader": "prepared (memory-mapped)", "tokens_per_s": rate,
-                     "batches": batches, "peak_rss_mb": peak_rss_mb()})
+    rows = loader_rows(args.data, args.tokenizer, args.batch_size, args.block_size, args.seconds,
+                       args.workers)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"data {args.data}, tokenizer {tokenizer.name}, batch {args.batch_size} x "
+    print(f"data {args.data}, tokenizer {args.tokenizer}, batch {args.batch_size} x "
           f"{args.block_size} tokens")
     print(f"{'loader':<30}{'tokens/s':>14}{'batches':>9}{'peak RSS MB':>13}")
     for r in rows:

@@ -46,6 +46,47 @@ def timed(fn, repeat: int) -> tuple[float, list[int]]:
     return best, out
 
 
+def generation_row(ckpt: dict, device: torch.device, dtype: torch.dtype, prompt_tokens: int,
+                   new_tokens: int, repeat: int, label: str) -> dict:
+    """Greedy decode speed of ours and of transformers' generate on the same exported weights."""
+    from transformers import AutoModelForCausalLM
+
+    from models.checkpoint import load_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        export(ckpt, Path(folder) / "hf")
+        ours, tok = load_model(str(Path(folder) / "hf"), device)
+        theirs = AutoModelForCausalLM.from_pretrained(Path(folder) / "hf", dtype=torch.float32)
+        theirs = theirs.to(device).eval()
+    prompt = [tok.eot_id] + [65 + i % 26 for i in range(prompt_tokens - 1)]
+    if len(prompt) + new_tokens > ours.config.block_size:
+        raise UserError("prompt plus new tokens exceed the context")
+    ctx = autocast(device, dtype)
+
+    def run_ours() -> list[int]:
+        with ctx:
+            return generate_ids(ours, prompt, new_tokens, temperature=0, stop_id=tok.eot_id)[0]
+
+    def run_theirs() -> list[int]:
+        with torch.no_grad(), ctx:
+            out = theirs.generate(torch.tensor([prompt], device=device), do_sample=False,
+                                  max_new_tokens=new_tokens)
+        return out[0, len(prompt):].tolist()
+
+    run_ours(), run_theirs()  # warm-up
+    ours_s, ours_ids, theirs_s, theirs_ids = float("inf"), [], float("inf"), []
+    for _ in range(repeat):  # alternate, so drifts in machine speed hit both
+        t, ours_ids = timed(run_ours, 1)
+        ours_s = min(ours_s, t)
+        t, theirs_ids = timed(run_theirs, 1)
+        theirs_s = min(theirs_s, t)
+    return {"model": label, "params": ours.num_params(), "device": str(device),
+            "dtype": str(dtype), "new_tokens": len(ours_ids),
+            "ours_tokens_per_s": len(ours_ids) / ours_s,
+            "transformers_tokens_per_s": len(theirs_ids) / theirs_s,
+            "speedup": theirs_s / ours_s, "same_ids": ours_ids == theirs_ids}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None)
@@ -58,46 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from transformers import AutoModelForCausalLM
-
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else \
         random_checkpoint(args.preset, args.n_layer)
-    with tempfile.TemporaryDirectory() as folder:
-        export(ckpt, Path(folder) / "hf")
-        from models.checkpoint import load_model
-        ours, tok = load_model(str(Path(folder) / "hf"), device)
-        theirs = AutoModelForCausalLM.from_pretrained(Path(folder) / "hf", dtype=torch.float32)
-        theirs = theirs.to(device).eval()
-    prompt = [tok.eot_id] + list(range(65, 65 + args.prompt_tokens - 1))
-    if len(prompt) + args.new_tokens > ours.config.block_size:
-        raise UserError("prompt plus new tokens exceed the context")
-    ctx = autocast(device, dtype)
-
-    def run_ours() -> list[int]:
-        with ctx:
-            return generate_ids(ours, prompt, args.new_tokens, temperature=0,
-                                stop_id=tok.eot_id)[0]
-
-    def run_theirs() -> list[int]:
-        with torch.no_grad(), ctx:
-            out = theirs.generate(torch.tensor([prompt], device=device), do_sample=False,
-                                  max_new_tokens=args.new_tokens)
-        return out[0, len(prompt):].tolist()
-
-    run_ours(), run_theirs()  # warm-up
-    ours_s, ours_ids, theirs_s, theirs_ids = float("inf"), [], float("inf"), []
-    for _ in range(args.repeat):  # alternate, so drifts in machine speed hit both
-        t, ours_ids = timed(run_ours, 1)
-        ours_s = min(ours_s, t)
-        t, theirs_ids = timed(run_theirs, 1)
-        theirs_s = min(theirs_s, t)
-    row = {"model": args.checkpoint or f"{args.preset} shape, {args.n_layer} layers",
-           "params": ours.num_params(), "device": str(device), "dtype": str(dtype),
-           "new_tokens": len(ours_ids), "ours_tokens_per_s": len(ours_ids) / ours_s,
-           "transformers_tokens_per_s": len(theirs_ids) / theirs_s,
-           "speedup": theirs_s / ours_s, "same_ids": ours_ids == theirs_ids}
+    row = generation_row(ckpt, device, dtype, args.prompt_tokens, args.new_tokens, args.repeat,
+                         args.checkpoint or f"{args.preset} shape, {args.n_layer} layers")
     if args.json:
         print(json.dumps(row))
         return

@@ -3,6 +3,8 @@
 import json
 import struct
 
+import pytest
+
 from tests.helpers import assert_one_line_error, run_script
 
 
@@ -21,3 +23,22 @@ def test_plot_writes_a_png_from_a_real_runs_logs(quickstart, tmp_path):
 def test_plot_without_logs_is_one_line(tmp_path):
     assert_one_line_error(run_script("scripts/plot_training.py", str(tmp_path), cwd=tmp_path),
                           "no training logs")
+
+
+def test_benchmark_runs_every_section_against_its_peer(tmp_path):
+    result = run_script("scripts/benchmark.py", "--small", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert {r["section"] for r in rows} == {"train", "generate", "data", "tokenizer"}
+    for r in rows:
+        if r["section"] in ("train", "generate"):  # ours and transformers, same run
+            assert r["ours_tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0
+            ratio = r["ours_tokens_per_s"] / r["transformers_tokens_per_s"]
+            assert r["speedup"] == pytest.approx(ratio)
+        if r["section"] == "tokenizer":
+            assert r["ours_tokens_per_s"] > 0 and r["tokenizers_tokens_per_s"] > 0
+        if r["section"] == "data":
+            assert r["tokens_per_s"] > 0
+    assert next(r for r in rows if r["section"] == "generate")["same_ids"]
+    table = run_script("scripts/benchmark.py", "--small", "--sections", "train", cwd=tmp_path)
+    assert "ours vs transformers Llama" in table.stdout
