@@ -49,8 +49,13 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
 
 
 def teardown(d: Distributed) -> None:
+    """Leave together: a rank that destroys its group while another is still sending can abort
+    the process (gloo's "terminate called without an active exception")."""
     if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def wrap(model: GPT, d: Distributed, device: torch.device, fsdp: bool) -> torch.nn.Module:
