@@ -169,6 +169,22 @@ def check_resumable(ckpt: dict[str, Any], model_config: ModelConfig, tokenizer: 
                               "use latest.pt")
 
 
+PROFILE_SKIP = 2  # steps to wait and warm up before recording (compilation, allocator)
+
+
+def start_profiler(steps: int, folder: Path, device: torch.device):
+    """torch.profiler over `steps` steps after PROFILE_SKIP, as a trace TensorBoard shows."""
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    profiler = profile(activities=activities, record_shapes=True, profile_memory=True,
+                       schedule=schedule(wait=1, warmup=PROFILE_SKIP - 1, active=steps, repeat=1),
+                       on_trace_ready=tensorboard_trace_handler(str(folder)))
+    profiler.start()
+    return profiler
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM ask the loop to stop after the current step (and save)."""
 
@@ -327,6 +343,8 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
             for old in sorted(out_dir.glob("ckpt_*.pt"))[:-tc.keep_checkpoints]:
                 old.unlink()
 
+    profiler = start_profiler(tc.profile, out_dir / "profile", device) \
+        if tc.profile and d.is_main else None
     stop = StopRequest()
     sample_generator = torch.Generator(device=device)
     progress = tqdm(total=tc.max_iters, initial=step, desc="training", unit="step",
@@ -357,6 +375,13 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
             else:
                 bad_in_a_row, last_loss = 0, result.loss
             progress.update(1)
+            if profiler is not None:
+                profiler.step()
+                if profiler.step_num >= PROFILE_SKIP + tc.profile:
+                    profiler.stop()
+                    log(f"profile of {tc.profile} steps written to {out_dir / 'profile'} "
+                        f"(tensorboard --logdir {out_dir / 'profile'})")
+                    profiler = None
 
             if step % tc.log_interval == 0 or step == tc.max_iters:
                 elapsed = time.perf_counter() - timer
@@ -413,6 +438,8 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
                 log(f"stopped at step {step}: {latest_path} saved; continue with --resume")
                 break
     finally:
+        if profiler is not None:
+            profiler.stop()
         stop.restore()
         progress.close()
         if writer:

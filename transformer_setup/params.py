@@ -131,6 +131,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # also keep the last k numbered checkpoints (ckpt_STEP.pt); 0: none
     max_bad_steps: int = 10  # non-finite steps in a row before the run stops
     tensorboard: bool = True
+    profile: int = 0  # trace this many steps with torch.profiler into out_dir/profile (0: off)
     dry_run: bool = False  # print size, FLOPs and memory estimate, then exit
     gpu_memory_gb: float = 80.0  # dry run: size the micro-batch for a GPU with this memory
     gpu_tflops: float = 989.0  # dry run: its dense bf16 peak (H100: 989)
@@ -155,6 +156,7 @@ class TrainConfig:
         _require(self.keep_checkpoints >= 0,
                  f"keep_checkpoints must be >= 0 (got {self.keep_checkpoints})")
         _require(self.max_bad_steps >= 1, f"max_bad_steps must be >= 1 (got {self.max_bad_steps})")
+        _require(self.profile >= 0, f"profile must be >= 0 (got {self.profile})")
         _require(self.global_batch_tokens is None or self.global_batch_tokens > 0,
                  f"global_batch_tokens must be positive (got {self.global_batch_tokens})")
         _require(not (self.fsdp and self.dtype == "fp16"),

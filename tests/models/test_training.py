@@ -2,6 +2,7 @@
 SIGKILL, faults, precision, TensorBoard, numbered checkpoints."""
 
 import dataclasses
+import json
 import math
 import re
 import signal
@@ -249,3 +250,12 @@ def test_resume_refuses_a_different_model_or_a_weights_only_checkpoint(tmp_path)
     weights_only = run_script("models/gpt.py", *base, "--max_iters", "3", "--resume",
                               cwd=tmp_path)
     assert_one_line_error(weights_only, "weights-only checkpoint")
+
+
+def test_profile_writes_a_trace_for_tensorboard(tmp_path):
+    model_config, train_config = small_run(tmp_path, max_iters=5, profile=2)
+    train(model_config, train_config, byte_tokenizer())
+    (trace,) = (tmp_path / "profile").glob("*.pt.trace.json")
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("name", "").startswith("aten::") for e in events)
+    assert "profile of 2 steps written" in (tmp_path / "train.log").read_text()
