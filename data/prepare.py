@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from data.loader import document_tokens, token_dtype
 from data.shards import FORMAT, read_header, shard_path, write_shard
-from data.sources import DataError, Source, get_source
+from data.sources import DataError, Source, add_source_arguments, source_from_args
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, run_main
 
@@ -111,16 +111,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="tokens per shard (closed at the next document boundary)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="tokenizer processes")
-    parser.add_argument("--text_field", default="text", help="column of jsonl/parquet/Hub rows")
-    parser.add_argument("--data_config", default=None, help="Hub dataset configuration")
-    parser.add_argument("--min_int_score", type=int, default=None,
-                        help="FineWeb-Edu: keep documents with int_score >= this")
+    add_source_arguments(parser)
     args = parser.parse_args(argv)
     if args.shard_tokens < 1 or args.workers < 1:
         parser.error("--shard_tokens and --workers must be positive")
 
     tokenizer = get_tokenizer(args.tokenizer)
-    source = get_source(args.data, args.text_field, args.data_config, args.min_int_score)
+    source = source_from_args(args)
     folder = Path(args.out)
     try:
         folder.mkdir(parents=True, exist_ok=True)

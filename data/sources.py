@@ -267,3 +267,15 @@ def get_source(spec: str, text_field: str = "text", data_config: str | None = No
                              min_int_score=min_int_score)
     raise DataError(f"unknown data source {spec!r}: use pydocs, fineweb-edu, wikitext-103, "
                     "a local path or glob, or a Hub dataset id (ORG/NAME)")
+
+
+def add_source_arguments(parser) -> None:
+    """The options that choose what a source reads, shared by every script taking --data."""
+    parser.add_argument("--text_field", default="text", help="column of jsonl/parquet/Hub rows")
+    parser.add_argument("--data_config", default=None, help="Hub dataset configuration")
+    parser.add_argument("--min_int_score", type=int, default=None,
+                        help="FineWeb-Edu: keep documents with int_score >= this")
+
+
+def source_from_args(args) -> Source:
+    return get_source(args.data, args.text_field, args.data_config, args.min_int_score)

@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.sources import DatasetSource, Source, TextFilesSource, get_source
+from data.sources import (
+    DatasetSource,
+    Source,
+    TextFilesSource,
+    add_source_arguments,
+    source_from_args,
+)
 from models.checkpoint import load_model
 from models.device import autocast, resolve_device, resolve_dtype
 from tokenization.tokenizer import Tokenizer
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stride", type=int, default=None, help="default: half the context")
     parser.add_argument("--max_tokens", type=int, default=None, help="score at most this many")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--text_field", default="text")
+    add_source_arguments(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="fp32", help="auto | bf16 | fp16 | fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     ctx = autocast(device, resolve_dtype(args.dtype, device))
     model, tokenizer = load_model(args.checkpoint, device)
-    source = get_source(args.data, args.text_field)
+    source = source_from_args(args)
     split = args.split or default_split(args.data, source)
     tokens = text_tokens(source, split, tokenizer, args.max_tokens)
     if len(tokens) < 2:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from data.sources import get_source
+from data.sources import add_source_arguments, source_from_args
 from tokenization.tokenizer import EOT, GPT2_PATTERN, Tokenizer, TokenizerError, byte_decoder
 from transformer_setup.cli import ArgumentParser, run_main
 
@@ -78,17 +78,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="stop reading after this many characters (default: all)")
     parser.add_argument("--min_frequency", type=int, default=2,
                         help="a pair must occur this often to be merged")
-    parser.add_argument("--text_field", default="text", help="column of jsonl/parquet/Hub rows")
-    parser.add_argument("--data_config", default=None, help="Hub dataset configuration")
-    parser.add_argument("--min_int_score", type=int, default=None,
-                        help="FineWeb-Edu: keep documents with int_score >= this")
+    add_source_arguments(parser)
     args = parser.parse_args(argv)
     if args.max_chars is not None and args.max_chars <= 0:
         parser.error("--max_chars must be positive")
     if args.vocab_size < MIN_VOCAB:
         parser.error(f"--vocab_size must be at least {MIN_VOCAB} (256 bytes + {EOT})")
 
-    source = get_source(args.data, args.text_field, args.data_config, args.min_int_score)
+    source = source_from_args(args)
     with tqdm(desc="reading text", unit="char", unit_scale=True, disable=None) as progress:
         text = LimitedText(source.documents("train"), args.max_chars, progress)
         tokenizer = train_bpe(iter(text), args.vocab_size, args.min_frequency,
