@@ -42,15 +42,18 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint's dict; a CheckpointError with one clear line for anything else."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's dict; a CheckpointError with one clear line for anything else.
+    mmap=True maps tensors from the file instead of reading them: cheap when only the
+    configuration is needed."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except PermissionError:
         raise CheckpointError(f"no permission to read {path}") from None
     except pickle.UnpicklingError as err:

@@ -58,9 +58,9 @@ def training_memory(config: ModelConfig, n_params: int, micro_batch: int,
     # Logits in the autocast dtype, their fp32 copy for the loss, and its gradient: for one
     # chunk of the loss at a time (see chunked_cross_entropy).
     logits_bytes = (act_bytes + 4 + 4) if act_bytes != 4 else (4 + 4)
-    logit_tokens = min(tokens, LOSS_CHUNK_TOKENS) if tokens > LOSS_CHUNK_TOKENS else tokens
     return MemoryEstimate(weights_and_optimizer=16 * n_params, activations=activations,
-                          logits=logit_tokens * config.padded_vocab_size * logits_bytes)
+                          logits=min(tokens, LOSS_CHUNK_TOKENS) * config.padded_vocab_size *
+                          logits_bytes)
 
 
 def largest_micro_batch(config: ModelConfig, n_params: int, dtype: torch.dtype,

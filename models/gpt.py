@@ -83,7 +83,7 @@ RUNTIME_FIELDS = ("dropout", "gradient_checkpointing", "attention")  # not part 
 def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
     """The model shape and tokenizer of the checkpoint to start from; the command line may
     change only what does not touch the weights."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=True)  # the weights are read later, by the trainer
     config = config_from_dict(ModelConfig, ckpt["model_config"])
     for key, value in overrides.items():
         if key in ModelConfig.__dataclass_fields__ and key not in RUNTIME_FIELDS and \

@@ -207,7 +207,7 @@ class RunLog:
     """Log lines to the terminal (above the progress bar) and to OUT_DIR/train.log."""
 
     def __init__(self, path: Path | None) -> None:
-        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.file = open(path, "a", encoding="utf-8") if path else None
 
     def __call__(self, message: str) -> None:
         if self.file is None:
