@@ -1,35 +1,53 @@
-"""From documents to training batches, in two ways, both resumable exactly.
+"""From units of text to training batches: one global data order at any number of processes.
 
-Packing (both ways): documents are tokenized, each preceded by <|endoftext|>, and concatenated into
-streams. A row of a batch is T inputs and the same tokens shifted by one as targets (T + 1 tokens);
-the next row of that stream starts at its last target: no token is lost or repeated at a block
-boundary.
+**Global rows.** An optimizer step trains on G = batch_size x accumulation_steps x processes rows.
+Rank r's micro-batch m is rows r*A*B + m*B ... + B - 1 of the step. Which tokens a step sees
+depends on the data, the seed and G only: 1 process x 8 micro-batches, 2 x 4 and 8 x 1 train on
+identical rows, and a run may resume on another number of processes.
 
-- Streaming (`StreamingLoader`): DataLoader workers read and tokenize documents in the
-  background. Document i goes to shard i % (world_size * workers), shard = rank * workers + worker,
-  so no two ranks or workers read the same document. Each batch carries its worker's state (where
-  its document iterator is, and what each batch row still holds), and the loader's state is those
-  states: a resumed run gets the very batches an uninterrupted one would. Memory holds about one
-  document per batch row and worker, whatever the dataset size.
-- Prepared (`PreparedLoader`): shards written by data/prepare.py are memory-mapped; blocks are drawn
-  at random offsets from a seeded generator whose state is the loader's state.
+**Streamed sources: packing lanes.** The split's units (see data.sources) are put in a seeded
+permutation per epoch, and the permutations are concatenated into one sequence S. Global row g is
+packing lane g: it reads units S[g], S[g + G], S[g + 2G], ..., so every unit is read once per
+epoch, by exactly one lane, and the rows of a batch come from G different units. A lane's tokens
+are its units' documents, each preceded by <|endoftext|>; a row is T + 1 consecutive tokens
+(inputs and targets shifted by one) and the lane's next row starts at that row's last target, so
+no token is lost or repeated. A lane's state is (k, p): its k-th unit, token offset p. Resuming
+opens each lane's current unit and starts at p: the cost does not grow with the position.
+
+**Workers** (`workers` processes) read and tokenize the units the lanes will need next (a lane
+asks for its next unit when fewer than PREFETCH_ROWS rows remain in what it holds); they never
+decide what is read, so the number of workers does not change the data.
+
+**Prepared shards.** Each shard is cut into non-overlapping blocks (T + 1 tokens at multiples of
+T); all blocks are put in a seeded permutation per epoch, concatenated as above, and step s takes
+positions [s*G, (s+1)*G) of it: every block once per epoch. The state is that position.
+
+Validation reads the held-out split in order as one lane of consecutive rows (`validation_batches`
+and `PreparedLoader(shuffle=False)`): the same text at any number of processes.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+import collections
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.shards import read_prepared
-from data.sources import DataError, Source
+from data.sources import DataError, Source, Unit
 from tokenization.tokenizer import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+PREFETCH_ROWS = 32  # ask for a lane's next unit when fewer rows than this remain
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -42,6 +60,12 @@ def document_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
     return [tokenizer.eot_id, *tokenizer.encode(text)]
 
 
+def unit_tokens(source: Source, unit: Unit, tokenizer: Tokenizer) -> np.ndarray:
+    """Every document of a unit, tokenized and concatenated."""
+    ids = [t for text in source.read(unit) for t in document_tokens(tokenizer, text)]
+    return np.array(ids, dtype=token_dtype(tokenizer.n_vocab))
+
+
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Batch:
     if device.type == "cuda":  # pinned memory lets the copy overlap with compute
         return (x.pin_memory().to(device, non_blocking=True),
@@ -49,231 +73,364 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Batch:
     return x.to(device), y.to(device)
 
 
-# ----------------------------------------------------------------------------- streaming
-
-class PackedDocuments(IterableDataset):
-    """Batches (x, y, state) packed from one shard of a source, per DataLoader worker.
-
-    Rows come from `lanes` token streams of whole documents, each packed without loss or
-    repetition; lane l gives batch_size / lanes consecutive rows. One iterator over the shard's
-    documents feeds the lane holding the fewest tokens. With one lane per row (the default, for
-    training) a batch spans about batch_size different documents instead of one long stretch;
-    one lane (for validation) wastes nothing at the end of a small split.
-
-    The state after a batch: the iterator's position ("epoch", "next_doc": the next document of
-    the shard to read) and each lane's leftover tokens as segments [doc, offset, length]. On
-    resume those documents are read and tokenized again, and packing continues identically.
-    """
-
-    def __init__(self, source: Source, split: str, tokenizer: Tokenizer, block_size: int,
-                 batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,
-                 states: dict[int, dict] | None = None, rotation: int = 0,
-                 repeat: bool = True, lanes: int | None = None) -> None:
-        self.source, self.split, self.tokenizer = source, split, tokenizer
-        self.block_size, self.batch_size = block_size, batch_size
-        self.lanes = lanes or batch_size
-        if batch_size % self.lanes:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of lanes {self.lanes}")
-        self.rank, self.world_size, self.workers = rank, world_size, max(workers, 1)
-        self.states = states or {}
-        self.rotation = rotation  # which worker role the DataLoader's worker 0 plays
-        self.repeat = repeat
-
-    def _shard_documents(self, shard: int, count: int, start_epoch: int, first: int
-                         ) -> Iterator[tuple[int, int, str]]:
-        """(epoch, doc, text) of this shard from document `first` of pass `start_epoch` on."""
-        for epoch in itertools.count(start_epoch):
-            docs = itertools.islice(self.source.documents(self.split), shard, None, count)
-            seen = 0
-            for doc, text in enumerate(docs):
-                seen += 1
-                if doc >= first:
-                    yield epoch, doc, text
-            if seen == 0 and count == 1:
-                raise DataError(f"{self.source.name} has no {self.split} documents (empty, or "
-                                "all shorter than 20 characters after cleaning)")
-            if seen == 0:
-                raise DataError(f"{self.source.name} ({self.split}) gives shard {shard} of {count} "
-                                "no documents: it has fewer documents than ranks x workers")
-            first = 0
-            if not self.repeat:
-                return
-
-    def _restore_lanes(self, shard: int, count: int, lane_segments: list[list[list[int]]]
-                       ) -> list[np.ndarray]:
-        """The lanes' leftover tokens, re-read from the documents their segments name."""
-        wanted = {doc for segments in lane_segments for doc, _, _ in segments}
-        tokens: dict[int, np.ndarray] = {}
-        if wanted:
-            for _, doc, text in self._shard_documents(shard, count, 0, min(wanted)):
-                if doc in wanted:
-                    tokens[doc] = self._tokenize(text)
-                if doc >= max(wanted):
-                    break
-        return [np.concatenate([np.zeros(0, np.int32)] +
-                               [tokens[doc][offset:offset + length]
-                                for doc, offset, length in segments])
-                for segments in lane_segments]
-
-    def _tokenize(self, text: str) -> np.ndarray:
-        return np.array(document_tokens(self.tokenizer, text), dtype=np.int32)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
-        info = get_worker_info()
-        role = ((info.id if info else 0) + self.rotation) % self.workers
-        shard, count = self.rank * self.workers + role, self.world_size * self.workers
-        L, T = self.lanes, self.block_size
-        rows = self.batch_size // L  # consecutive rows per lane
-        need = rows * T + 1
-        state = self.states.get(role, {"epoch": 0, "next_doc": 0, "lanes": [[]] * L})
-        segments = [[list(seg) for seg in lane] for lane in state["lanes"]]
-        lanes = self._restore_lanes(shard, count, segments)
-        documents = self._shard_documents(shard, count, state["epoch"], state["next_doc"])
-        epoch, next_doc = state["epoch"], state["next_doc"]
-        while True:
-            while min(len(lane) for lane in lanes) < need:
-                neediest = min(range(L), key=lambda lane: len(lanes[lane]))
-                try:
-                    epoch, doc, text = next(documents)
-                except StopIteration:
-                    return  # not repeating: the last, partial batch is dropped
-                tokens = self._tokenize(text)
-                lanes[neediest] = np.concatenate([lanes[neediest], tokens])
-                segments[neediest].append([doc, 0, len(tokens)])
-                next_doc = doc + 1
-            x = np.stack([lane[r * T:(r + 1) * T] for lane in lanes for r in range(rows)])
-            y = np.stack([lane[r * T + 1:(r + 1) * T + 1] for lane in lanes for r in range(rows)])
-            for lane in range(L):  # the last target starts the lane's next row
-                lanes[lane] = lanes[lane][rows * T:]
-                _advance(segments[lane], rows * T)
-            yield torch.from_numpy(x).long(), torch.from_numpy(y).long(), {
-                "role": role, "epoch": epoch, "next_doc": next_doc,
-                "lanes": [[list(seg) for seg in lane] for lane in segments]}
+def _rows_to_batch(rows: list[np.ndarray], device: torch.device) -> Batch:
+    blocks = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return _to_device(blocks[:, :-1], blocks[:, 1:], device)
 
 
-def _advance(segments: list[list[int]], n: int) -> None:
-    """Drop the first n tokens from a lane's list of [doc, offset, length] segments."""
-    while n:
-        doc, offset, length = segments[0]
-        if n >= length:
-            segments.pop(0)
-            n -= length
-        else:
-            segments[0] = [doc, offset + n, length - n]
-            n = 0
+# ----------------------------------------------------------------------------- the order
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer on a Python int: a 64-bit hash with good avalanche."""
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 % 2**64
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB % 2**64
+    return x ^ (x >> 31)
+
+
+def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of range(n) fixed by (seed, epoch) forever: indices sorted by splitmix64
+    outputs (computed with numpy), so no library version can change the data order."""
+    key = _mix64((_mix64(seed % 2**64) + epoch) % 2**64)
+    with np.errstate(over="ignore"):
+        x = np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return np.argsort(x, kind="stable")
+
+
+class Order:
+    """The sequence S: a permutation of n items per epoch (or 0..n-1 unshuffled), concatenated;
+    without repeat it ends after one epoch (S[i] is None)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, repeat: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.repeat = n, seed, shuffle, repeat
+        self._epochs: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+
+    def __getitem__(self, i: int) -> int | None:
+        epoch, j = divmod(i, self.n)
+        if epoch > 0 and not self.repeat:
+            return None
+        if not self.shuffle:
+            return j
+        if epoch not in self._epochs:  # lanes drift apart by an epoch or so: keep a few
+            self._epochs[epoch] = permutation(self.n, self.seed, epoch)
+            if len(self._epochs) > 4:
+                self._epochs.popitem(last=False)
+        self._epochs.move_to_end(epoch)
+        return int(self._epochs[epoch][j])
+
+
+def rank_rows(batch_size: int, accumulation: int, rank: int, world_size: int
+              ) -> tuple[int, int]:
+    """(G, first global row of this rank): rank r owns rows [r*A*B, (r+1)*A*B)."""
+    per_rank = batch_size * accumulation
+    return per_rank * world_size, rank * per_rank
+
+
+def check_rows(state: dict[str, Any], rows: int, block_size: int, seed: int, what: str) -> None:
+    """Resuming is exact only with the same global batch, context and seed: refuse the rest."""
+    if state["rows"] != rows:
+        raise DataError(f"cannot resume: the checkpoint's global batch is {state['rows']} rows "
+                        f"per step, this run's is {rows} (batch_size x accumulation_steps x "
+                        "processes); keep the global batch (its split over processes and "
+                        "accumulation may change)")
+    if state["block_size"] != block_size:
+        raise DataError(f"cannot resume: block_size was {state['block_size']}, now {block_size}")
+    if state["seed"] != seed:
+        raise DataError(f"cannot resume: the data order was drawn with seed {state['seed']}, "
+                        f"this run has {seed}")
+    if state["fingerprint"] != what:
+        raise DataError("cannot resume: the data is not the same as the checkpoint's (its list "
+                        "of units or blocks differs); resume with the same --data")
+
+
+# ----------------------------------------------------------------------------- workers
+
+_worker: dict[str, Any] = {}
+
+
+def _watch_parent(parent: int) -> None:
+    while True:  # a worker outlives a killed trainer by a second at most
+        if os.getppid() != parent:
+            os._exit(0)
+        time.sleep(1.0)
+
+
+def _init_worker(source: Source, units: list[Unit], tokenizer: Tokenizer, parent: int) -> None:
+    # Ctrl-C and SIGTERM go to the whole process group; the trainer decides when to stop (it
+    # finishes its step and saves), so the workers keep serving until it shuts them down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    _worker.update(source=source, units=units, tokenizer=tokenizer)
+
+
+def _read_in_worker(unit: int) -> np.ndarray:
+    return unit_tokens(_worker["source"], _worker["units"][unit], _worker["tokenizer"])
+
+
+class _Ready:
+    """A result computed at once, shaped like a Future."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+    def cancel(self) -> bool:
+        return True
+
+
+class UnitReader:
+    """Reads and tokenizes units: in this process, or ahead of time in worker processes."""
+
+    def __init__(self, source: Source, units: list[Unit], tokenizer: Tokenizer,
+                 workers: int) -> None:
+        self.source, self.units, self.tokenizer = source, units, tokenizer
+        self.pool = None
+        if workers > 0:
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker, initargs=(source, units, tokenizer, os.getpid()))
+            # Fork the workers now, while this process is quiet (no logging or TensorBoard
+            # threads yet): a fork copies whatever locks other threads hold at that moment.
+            self.pool.submit(os.getpid).result()
+
+    def request(self, unit: int | None):
+        if unit is None:  # the end of a sequence that does not repeat
+            return _Ready(None)
+        if self.pool is None:
+            return _Ready(unit_tokens(self.source, self.units[unit], self.tokenizer))
+        return self.pool.submit(_read_in_worker, unit)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+def _result(future) -> np.ndarray | None:
+    try:
+        return future.result()
+    except concurrent.futures.process.BrokenProcessPool:
+        raise DataError("a data worker process died (out of memory? killed?); resume with "
+                        "--resume, perhaps with fewer --data_workers") from None
+
+
+# ----------------------------------------------------------------------------- lanes
+
+class Lane:
+    """One global row's token stream: units S[g], S[g + G], ... read through `request`."""
+
+    def __init__(self, index: int, stride: int, order: Order,
+                 request: Callable[[int | None], Any], k: int = 0, p: int = 0) -> None:
+        self.index, self.stride, self.order, self.request = index, stride, order, request
+        self.k, self.p = k, p  # the next row starts at token p of this lane's k-th unit
+        self.loaded: list[np.ndarray] = []  # units k, k+1, ... read so far
+        self.pending: collections.deque = collections.deque()  # the units after those
+
+    def _ask(self) -> None:
+        j = self.k + len(self.loaded) + len(self.pending)
+        self.pending.append(self.request(self.order[self.index + j * self.stride]))
+
+    def _available(self) -> int:
+        return sum(len(tokens) for tokens in self.loaded) - self.p
+
+    def row(self, length: int, advance: int) -> np.ndarray | None:
+        """The next `length` tokens, then move on by `advance`; None at the end of the data."""
+        empty = 0
+        while self._available() < length:
+            if not self.pending:
+                self._ask()
+            tokens = _result(self.pending.popleft())
+            if tokens is None:
+                return None
+            empty = empty + 1 if len(tokens) == 0 else 0
+            if empty > self.order.n:  # a whole epoch without a token
+                raise DataError("the data has no documents (empty, filtered out, or all "
+                                "shorter than 20 characters after cleaning)")
+            self.loaded.append(tokens)
+        pieces, need, offset = [], length, self.p
+        for tokens in self.loaded:
+            piece = tokens[offset:offset + need]
+            pieces.append(piece)
+            need, offset = need - len(piece), max(0, offset - len(tokens))
+            if not need:
+                break
+        self.p += advance
+        while self.loaded and self.p >= len(self.loaded[0]):
+            self.p -= len(self.loaded.pop(0))
+            self.k += 1
+        if not self.pending and self._available() < PREFETCH_ROWS * length:
+            self._ask()
+        return np.concatenate(pieces)
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
 
 
 class StreamingLoader:
-    """Batches from a source, tokenized in background workers; `state_dict` resumes exactly."""
+    """Batches of this rank's rows from a source's units; `state_dict` resumes exactly, on any
+    number of processes and workers with the same global batch."""
 
     def __init__(self, source: Source, tokenizer: Tokenizer, block_size: int, batch_size: int,
-                 split: str = "train", rank: int = 0, world_size: int = 1, workers: int = 0,
-                 device: torch.device | str = "cpu", repeat: bool = True,
-                 lanes: int | None = None) -> None:
-        self.source, self.tokenizer, self.split = source, tokenizer, split
-        self.block_size, self.batch_size, self.lanes = block_size, batch_size, lanes
-        self.rank, self.world_size, self.workers = rank, world_size, workers
-        self.device, self.repeat = torch.device(device), repeat
-        self.states: dict[int, dict] = {}  # the latest state of each worker role
-        self.next_role = 0
-        self._batches: Iterator | None = None
+                 split: str = "train", accumulation: int = 1, rank: int = 0,
+                 world_size: int = 1, workers: int = 0, seed: int = 0,
+                 device: torch.device | str = "cpu", repeat: bool = True) -> None:
+        self.units = source.units(split)
+        self.fingerprint = source.fingerprint(split)
+        self.block_size, self.batch_size, self.accumulation = block_size, batch_size, accumulation
+        self.rows, self.first_row = rank_rows(batch_size, accumulation, rank, world_size)
+        self.seed, self.device = seed, torch.device(device)
+        self.order = Order(len(self.units), seed, repeat=repeat)
+        self.reader = UnitReader(source, self.units, tokenizer, workers)
+        self.positions = {g: (0, 0) for g in self._my_rows()}  # (k, p) before lanes exist
+        self.lanes: list[Lane] | None = None
+        self.micro = 0  # the next micro-batch of the step
 
-    def _start(self) -> Iterator:
-        dataset = PackedDocuments(self.source, self.split, self.tokenizer, self.block_size,
-                                  self.batch_size, self.rank, self.world_size, self.workers,
-                                  dict(self.states), self.next_role, self.repeat, self.lanes)
-        if self.workers == 0:
-            return iter(dataset)
-        return iter(DataLoader(dataset, batch_size=None, num_workers=self.workers,
-                               prefetch_factor=4, persistent_workers=False))
+    def _my_rows(self) -> range:
+        return range(self.first_row, self.first_row + self.batch_size * self.accumulation)
+
+    def _start(self) -> list[Lane]:
+        return [Lane(g, self.rows, self.order, self.reader.request, *self.positions[g])
+                for g in self._my_rows()]
 
     def next_batch(self) -> Batch:
-        if self._batches is None:
-            self._batches = self._start()
-        x, y, state = next(self._batches)
-        role = state.pop("role")
-        self.states[role] = state
-        self.next_role = (role + 1) % max(self.workers, 1)
-        return _to_device(x, y, self.device)
+        if self.lanes is None:
+            self.lanes = self._start()
+        B, T = self.batch_size, self.block_size
+        rows = [lane.row(T + 1, T) for lane in self.lanes[self.micro * B:(self.micro + 1) * B]]
+        if any(row is None for row in rows):
+            raise StopIteration  # not repeating: the data has run out
+        self.micro = (self.micro + 1) % self.accumulation
+        return _rows_to_batch(rows, self.device)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's lanes (merge_states joins the ranks'); taken between optimizer steps."""
+        lanes = {lane.index: [lane.k, lane.p] for lane in self.lanes} if self.lanes else \
+            {g: list(kp) for g, kp in self.positions.items()}
+        return {"kind": "lanes", "rows": self.rows, "block_size": self.block_size,
+                "seed": self.seed, "fingerprint": self.fingerprint, "units": len(self.units),
+                "lanes": lanes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "lanes":
+            raise DataError("cannot resume: the checkpoint's data position is not from a "
+                            "streamed source (was it trained on prepared shards?)")
+        check_rows(state, self.rows, self.block_size, self.seed, self.fingerprint)
+        self.close_lanes()
+        self.positions = {g: tuple(state["lanes"][g]) for g in self._my_rows()}
+        self.micro = 0
+
+    def close_lanes(self) -> None:
+        for lane in self.lanes or []:
+            lane.close()
+        self.lanes = None
+
+    def close(self) -> None:
+        self.close_lanes()
+        self.reader.close()
+
+    def __iter__(self):
         while True:
             try:
                 yield self.next_batch()
             except StopIteration:
                 return
 
-    def state_dict(self) -> dict:
-        return {"kind": "stream", "world_size": self.world_size, "workers": self.workers,
-                "batch_size": self.batch_size, "block_size": self.block_size,
-                "states": {k: dict(v) for k, v in self.states.items()},
-                "next_role": self.next_role}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != "stream":
-            raise DataError("the checkpoint's data position is not from a streaming loader")
-        saved = tuple(state[k] for k in ("world_size", "workers", "batch_size", "block_size"))
-        now = (self.world_size, self.workers, self.batch_size, self.block_size)
-        if saved != now:
-            raise DataError(f"cannot resume the data stream exactly: it was read as "
-                            f"{saved[0]} ranks x {saved[1]} workers, batches of {saved[2]} x "
-                            f"{saved[3]}; now {now[0]} x {now[1]}, {now[2]} x {now[3]} (resume "
-                            "with the same processes, --data_workers and batch shape)")
-        self.states = {int(k): dict(v) for k, v in state["states"].items()}
-        self.next_role = state["next_role"]
-        self._batches = None
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One data state from every rank's: the lanes of all ranks (prepared: rank 0's, which all
+    ranks share)."""
+    merged = dict(states[0])
+    if merged.get("kind") == "lanes":
+        merged["lanes"] = {g: kp for state in states for g, kp in state["lanes"].items()}
+    return merged
+
+
+def validation_batches(source: Source, split: str, tokenizer: Tokenizer, block_size: int,
+                       rows: int, count: int, device: torch.device | str = "cpu"
+                       ) -> list[Batch]:
+    """The first `count` batches of `rows` consecutive rows of the split's documents in order
+    (one lane, nothing wasted between rows; the tokens prepare.py writes for the split): the
+    same text at any number of processes."""
+    need = count * rows * block_size + 1
+    stream: list[int] = []
+    for text in source.documents(split):
+        stream += document_tokens(tokenizer, text)
+        if len(stream) >= need:
+            break
+    T, device = block_size, torch.device(device)
+    blocks = [np.array(stream[i * T:i * T + T + 1])
+              for i in range(min(count * rows, (len(stream) - 1) // T))]
+    return [_rows_to_batch(blocks[b * rows:(b + 1) * rows], device)
+            for b in range(len(blocks) // rows)]
 
 
 # ----------------------------------------------------------------------------- prepared shards
 
 class PreparedLoader:
-    """Random blocks from memory-mapped shards; the same seed gives the same blocks.
+    """Blocks of memory-mapped shards, every block once per epoch in a seeded order; the same
+    global rows at any number of processes (see the module's docstring)."""
 
-    Every rank draws the whole global batch (batch_size x world_size blocks) from the same
-    generator and keeps its own slice, so N processes train on exactly the rows one process
-    with an N-times larger batch would.
-    """
-
-    def __init__(self, shards: list[np.ndarray], block_size: int, batch_size: int, seed: int,
-                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
-        self.shards = [s for s in shards if len(s) > block_size]
+    def __init__(self, shards: list[np.ndarray], block_size: int, batch_size: int,
+                 accumulation: int = 1, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu", shuffle: bool = True,
+                 repeat: bool = True) -> None:
+        counts = [(len(s) - 1) // block_size for s in shards]
+        self.shards = [s for s, n in zip(shards, counts) if n > 0]
         if not self.shards:
             longest = max((len(s) for s in shards), default=0)
             raise DataError(f"only {longest} tokens in the longest shard; a block needs "
                             f"{block_size + 1} (use more data or a smaller --block_size)")
-        # Every valid block start, numbered across shards (a block never crosses two shards).
-        self.starts = np.cumsum([0] + [len(s) - block_size for s in self.shards])
-        self.block_size, self.batch_size = block_size, batch_size
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.first_block = np.cumsum([0] + [n for n in counts if n > 0])
+        self.blocks = int(self.first_block[-1])
+        self.block_size, self.batch_size, self.accumulation = block_size, batch_size, accumulation
+        self.rows, self.first_row = rank_rows(batch_size, accumulation, rank, world_size)
+        self.seed, self.device = seed, torch.device(device)
+        self.order = Order(self.blocks, seed, shuffle, repeat)
+        self.position, self.micro = 0, 0  # the step's first position in the order
 
     @classmethod
     def from_folder(cls, folder: str | Path, split: str, tokenizer: Tokenizer, block_size: int,
-                    batch_size: int, seed: int, device: torch.device | str = "cpu",
-                    rank: int = 0, world_size: int = 1) -> PreparedLoader:
-        return cls(read_prepared(folder, split, tokenizer), block_size, batch_size, seed, device,
-                   rank, world_size)
+                    batch_size: int, **options: Any) -> PreparedLoader:
+        return cls(read_prepared(folder, split, tokenizer), block_size, batch_size, **options)
+
+    def _block(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.first_block, index, side="right")) - 1
+        start = (index - int(self.first_block[shard])) * self.block_size
+        return np.asarray(self.shards[shard][start:start + self.block_size + 1])
 
     def next_batch(self) -> Batch:
-        picks = torch.randint(int(self.starts[-1]), (self.batch_size * self.world_size,),
-                              generator=self.generator)
-        picks = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        rows = []
-        for pick in picks.tolist():
-            shard = int(np.searchsorted(self.starts, pick, side="right")) - 1
-            start = pick - int(self.starts[shard])
-            rows.append(np.asarray(self.shards[shard][start:start + self.block_size + 1]))
-        blocks = torch.from_numpy(np.stack(rows).astype(np.int64))
-        return _to_device(blocks[:, :-1], blocks[:, 1:], self.device)
+        first = self.position + self.first_row + self.micro * self.batch_size
+        picks = [self.order[i] for i in range(first, first + self.batch_size)]
+        if any(pick is None for pick in picks):
+            raise StopIteration
+        self.micro += 1
+        if self.micro == self.accumulation:
+            self.position, self.micro = self.position + self.rows, 0
+        return _rows_to_batch([self._block(pick) for pick in picks], self.device)
 
-    def state_dict(self) -> dict:
-        return {"kind": "prepared", "generator": self.generator.get_state()}
+    def _fingerprint(self) -> str:
+        return f"{self.blocks} blocks of {self.block_size + 1} tokens"
 
-    def load_state_dict(self, state: dict) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "prepared", "rows": self.rows, "block_size": self.block_size,
+                "seed": self.seed, "fingerprint": self._fingerprint(),
+                "epoch": self.position // self.blocks, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "prepared":
-            raise DataError("the checkpoint's data position is not from a prepared loader")
-        self.generator.set_state(state["generator"])
+            raise DataError("cannot resume: the checkpoint's data position is not from prepared "
+                            "shards (was it trained on a streamed source?)")
+        check_rows(state, self.rows, self.block_size, self.seed, self._fingerprint())
+        self.position, self.micro = state["position"], 0
+
+    def close(self) -> None:
+        pass
 
 
 def take_batches(loader, n: int) -> list[Batch]:

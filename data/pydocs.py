@@ -50,9 +50,25 @@ def _module_docstrings(path: Path) -> str:
     return "\n\n".join(parts)
 
 
+def cache_folder() -> Path:
+    """The project's cache folder (XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt-pretrain"
+
+
+def write_cache(path: Path, text: str) -> None:
+    """Best effort and atomic: concurrent writers (ranks) never leave a torn file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: compute again next time
+
+
 def _cache_path() -> Path:
     """One cache file per interpreter: the corpus depends on the Python version and its stdlib."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt-pretrain"
+    root = cache_folder()
     stdlib = sysconfig.get_paths()["stdlib"]
     key = hashlib.sha256(f"{sys.version}|{stdlib}|{CACHE_VERSION}".encode()).hexdigest()[:16]
     return root / f"pydocs-{key}.json"
@@ -68,13 +84,7 @@ def pydocs_documents() -> tuple[tuple[str, str], ...]:
     except (OSError, ValueError):
         pass
     docs = _build_documents()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(docs), encoding="utf-8")
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only home: parse again next time
+    write_cache(cache, json.dumps(docs))
     return docs
 
 

@@ -25,13 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.sources import (
-    DatasetSource,
-    Source,
-    TextFilesSource,
-    add_source_arguments,
-    source_from_args,
-)
+from data.sources import Source, add_source_arguments, source_from_args
 from models.checkpoint import load_model
 from models.device import autocast, resolve_device, resolve_dtype
 from tokenization.tokenizer import Tokenizer
@@ -100,8 +94,7 @@ def score_tokens(model: GPT, tokens: list[int], byte_lengths: list[int], stride:
 
 def default_split(spec: str, source: Source) -> str:
     """Local files are scored whole; named datasets on their test split where they have one."""
-    if isinstance(source, TextFilesSource) or (isinstance(source, DatasetSource)
-                                               and not source.on_hub):
+    if source.local:
         return "all"
     return "test" if spec == "wikitext-103" else "val"
 

@@ -50,10 +50,9 @@ def examples(data: str) -> Iterator[dict]:
                     except json.JSONDecodeError:
                         raise UserError(f"{data}:{number} is not JSON") from None
         return
-    from data.sources import DatasetSource, _hub_reachable
+    from data.sources import hub_source
 
-    _hub_reachable(HUB_ID if data == "hellaswag" else data)
-    yield from DatasetSource(HUB_ID if data == "hellaswag" else data)._load()["validation"]
+    yield from hub_source(HUB_ID if data == "hellaswag" else data, text_field=None).rows("val")
 
 
 def split_example(row: dict) -> tuple[str, list[str], int]:

@@ -28,7 +28,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from data.loader import PreparedLoader, StreamingLoader, take_batches
+from data.loader import (
+    PreparedLoader,
+    StreamingLoader,
+    merge_states,
+    take_batches,
+    validation_batches,
+)
 from data.shards import is_prepared
 from data.sources import DataError, get_source
 from models import distributed
@@ -111,29 +117,42 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
 
 # ----------------------------------------------------------------------------- data
 
-def make_loaders(tc: TrainConfig, tokenizer: Tokenizer, block_size: int, device: torch.device,
-                 d: Distributed = SINGLE_PROCESS):
-    """The training loader and the fixed validation batches, for a prepared folder or a source.
-    Validation batches have the global batch's rows, the same at any number of processes."""
-    global_rows = tc.batch_size * d.world_size
+def make_loaders(tc: TrainConfig, tokenizer: Tokenizer, block_size: int, accumulation: int,
+                 device: torch.device, d: Distributed = SINGLE_PROCESS):
+    """The training loader (this rank's rows of every global batch) and the fixed validation
+    batches (global-batch-sized, the same text at any number of processes). With --val_data,
+    training reads all of --data and validation all of --val_data (or its prepared val split)."""
+    val_rows = tc.batch_size * d.world_size
+    train_split = "all" if tc.val_data else "train"
     if is_prepared(tc.data):
-        train = PreparedLoader.from_folder(tc.data, "train", tokenizer, block_size, tc.batch_size,
-                                           tc.seed, device, d.rank, d.world_size)
-        val = PreparedLoader.from_folder(tc.data, "val", tokenizer, block_size, global_rows,
-                                         seed=0, device=device)
+        train = PreparedLoader.from_folder(
+            tc.data, "train", tokenizer, block_size, tc.batch_size, accumulation=accumulation,
+            rank=d.rank, world_size=d.world_size, seed=tc.seed, device=device)
         description = f"prepared shards in {tc.data}"
     else:
         source = get_source(tc.data, tc.text_field, tc.data_config, tc.min_int_score)
-        train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "train", d.rank,
-                                d.world_size, tc.data_workers, device)
-        val = StreamingLoader(source, tokenizer, block_size, global_rows, "val", device=device,
-                              repeat=False, lanes=1)  # every validation token counts
-        description = f"{source.name}, streamed ({tc.data_workers} worker processes)"
-    val_batches = take_batches(val, tc.eval_iters)
+        train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, train_split,
+                                accumulation, d.rank, d.world_size, tc.data_workers, tc.seed,
+                                device)
+        description = (f"{source.name}, {len(train.units):,} units streamed into "
+                       f"{train.rows} lanes ({tc.data_workers} worker processes)")
+        if len(train.units) < train.rows:
+            description += ("; warning: fewer units than rows per step, so some rows repeat "
+                            "text (use more data or a smaller global batch)")
+    val_spec = tc.val_data or tc.data
+    if is_prepared(val_spec):
+        val = PreparedLoader.from_folder(val_spec, "val", tokenizer, block_size, val_rows,
+                                         device=device, shuffle=False, repeat=False)
+        val_batches = take_batches(val, tc.eval_iters)
+    else:
+        source = get_source(val_spec, tc.text_field, tc.data_config, tc.min_int_score)
+        val_batches = validation_batches(source, "all" if tc.val_data else "val", tokenizer,
+                                         block_size, val_rows, tc.eval_iters, device)
     if not val_batches:
-        raise DataError(f"the validation split of {tc.data} has less than one batch of text "
-                        f"({global_rows} x {block_size + 1} tokens); use more data or a "
-                        "smaller --batch_size or --block_size")
+        train.close()
+        raise DataError(f"the validation text of {val_spec} is less than one batch "
+                        f"({val_rows} x {block_size + 1} tokens); use more data or a smaller "
+                        "--batch_size or --block_size")
     return train, val_batches, description
 
 
@@ -262,7 +281,6 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
     if tc.resume:
         ckpt = load_checkpoint(latest_path)
         check_resumable(ckpt, model_config, tokenizer, tc)
-        distributed.check_world(ckpt["world_size"], d)
         if not tc.fsdp:
             raw_model.load_state_dict(ckpt["model"])
     elif tc.init_from:  # weights to start from; optimizer, step and data start fresh
@@ -272,7 +290,7 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
     optimizer = make_optimizer(raw_model, tc, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loader, val_batches, data_description = make_loaders(tc, tokenizer, model_config.block_size,
-                                                         device, d)
+                                                         accumulation, device, d)
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths())
     step, best_val_loss, tokens_seen = 0, math.inf, 0
     torch.manual_seed(tc.seed + d.rank)  # dropout differs across ranks
@@ -283,10 +301,11 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
         else:
             optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state_dict(ckpt["data"][d.rank])
-        torch.set_rng_state(ckpt["rng"][d.rank]["torch"])
-        if device.type == "cuda" and "cuda" in ckpt["rng"][d.rank]:
-            torch.cuda.set_rng_state(ckpt["rng"][d.rank]["cuda"], device)
+        loader.load_state_dict(ckpt["data"])
+        if d.rank < len(ckpt["rng"]):  # a new rank (more processes than before) keeps its seed
+            torch.set_rng_state(ckpt["rng"][d.rank]["torch"])
+            if device.type == "cuda" and "cuda" in ckpt["rng"][d.rank]:
+                torch.cuda.set_rng_state(ckpt["rng"][d.rank]["cuda"], device)
         step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
         tokens_seen = ckpt["tokens_seen"]
         log(f"resumed from {latest_path} at step {step}")
@@ -312,7 +331,7 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
     def checkpoint_payload(with_training_state: bool) -> dict[str, Any] | None:
         """Collective under FSDP/DDP: every rank must call it; rank 0 gets the payload."""
         model_state, optimizer_state = distributed.full_state(raw_model, optimizer, tc.fsdp)
-        data_states = distributed.gather(loader.state_dict(), d)
+        data_state = merge_states(distributed.gather(loader.state_dict(), d))
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -325,7 +344,7 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
                    "best_val_loss": best_val_loss, "world_size": d.world_size}
         if with_training_state:
             payload.update(optimizer=optimizer_state, scaler=scaler.state_dict(),
-                           data=data_states, rng=rng_states)
+                           data=data_state, rng=rng_states)
         return payload
 
     def save(path: Path, with_training_state: bool = True) -> None:
@@ -438,6 +457,7 @@ def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
                 log(f"stopped at step {step}: {latest_path} saved; continue with --resume")
                 break
     finally:
+        loader.close()
         if profiler is not None:
             profiler.stop()
         stop.restore()

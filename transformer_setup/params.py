@@ -100,8 +100,9 @@ class TrainConfig:
     """How to train: data, optimisation, evaluation and checkpointing."""
 
     data: str = "pydocs"  # dataset name, local path or glob, Hub id, or prepared folder
+    val_data: str | None = None  # validation text (any --data spec); None: held out of --data
     tokenizer: str = "gpt2"  # gpt2 | bytes | a trained tokenizer's folder
-    data_workers: int = 2  # background processes tokenizing a streamed source (0: none)
+    data_workers: int = 2  # processes reading and tokenizing a streamed source ahead (0: none)
     text_field: str = "text"  # column holding the text in jsonl/parquet/Hub rows
     data_config: str | None = None  # Hub dataset configuration (fineweb-edu: sample-10BT)
     min_int_score: int | None = None  # FineWeb-Edu: keep documents scoring at least this

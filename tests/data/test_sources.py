@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import pytest
 
 from data import sources
 from data.clean_text import clean_text
-from data.sources import DataError, DatasetSource, TextFilesSource, get_source, wikitext_articles
+from data.sources import DataError, FileSource, get_source, wikitext_articles
 from tests.helpers import FIXTURES, assert_one_line_error, run_script
 
 
@@ -48,8 +49,9 @@ def fineweb_rows(n: int) -> dict[str, list]:
 def test_fineweb_edu_shaped_parquet_through_the_hub_code_path(tmp_path):
     pq.write_table(pa.table(fineweb_rows(400)), tmp_path / "part-0.parquet")
     source = get_source(str(tmp_path / "*.parquet"), min_int_score=3)
-    assert isinstance(source, DatasetSource)  # the class that streams Hub datasets
+    assert isinstance(source, FileSource)  # the class that reads Hub datasets
     train, val = list(source.documents("train")), list(source.documents("val"))
+    assert len(source.units("train")) > 10  # one row group, cut into slices of rows
     kept = {int(t.split()[2]) for t in train + val}
     assert kept == {i for i in range(400) if i % 5 + 1 >= 3}
     assert val and not set(train) & set(val)
@@ -71,20 +73,64 @@ def test_jsonl_rows_are_documents(tmp_path):
     assert docs == [f"row {i} with enough text to keep" for i in range(100)]
 
 
-def test_text_files_are_documents_with_a_held_out_tail(tmp_path):
-    (tmp_path / "book.txt").write_text("".join(f"line {i} of the book\n" for i in range(100)))
+def test_a_text_file_is_cut_into_line_aligned_units(tmp_path):
+    lines = [f"line {i} of the book\n" for i in range(3000)]
+    (tmp_path / "book.txt").write_text("".join(lines))
     source = get_source(str(tmp_path / "book.txt"))
-    assert isinstance(source, TextFilesSource)
-    (train,), (val,) = list(source.documents("train")), list(source.documents("val"))
-    assert train.endswith("line 94 of the book") and val.startswith("line 95 of the book")
+    units = sorted(source.units("all"), key=lambda u: u.start)  # train's, then val's
+    assert len(units) > 50 and units[0].start == 0 and units[-1].stop == len("".join(lines))
+    assert all(a.stop == b.start for a, b in zip(units, units[1:]))  # contiguous, no gap
+    raw = (tmp_path / "book.txt").read_bytes()
+    assert all(raw[u.start - 1:u.start] == b"\n" for u in units[1:])  # each starts at a line
+    train, val = list(source.documents("train")), list(source.documents("val"))
+    assert "".join(d + "\n" for u in units for d in source.read(u)) == "".join(lines)
+    assert val and not {line for d in val for line in d.splitlines()} & \
+        {line for d in train for line in d.splitlines()}
 
 
-def test_many_text_files_split_by_hash(tmp_path):
+def test_a_line_longer_than_a_unit_is_cut_at_a_character(tmp_path):
+    text = "é" * 600_000  # one line of 1.2 MB of two-byte characters
+    (tmp_path / "one.txt").write_text(text)
+    source = get_source(str(tmp_path / "one.txt"))
+    assert len(source.units("all")) > 100
+    units = sorted(source.units("all"), key=lambda u: u.start)
+    assert "".join(d for u in units for d in source.read(u)) == text  # no character cut in two
+
+
+def test_jsonl_units_hold_whole_rows(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i} with enough text to keep\u2028"
+                                                f" and a separator inside"}) + "\n"
+                            for i in range(5000)))
+    source = get_source(str(path))
+    assert len(source.units("all")) > 100
+    assert len(list(source.documents("all"))) == 5000
+
+
+def test_many_text_files_split_by_units(tmp_path):
     for i in range(60):
         (tmp_path / f"{i:03d}.txt").write_text(f"file {i}: " + "words " * 10)
     source = get_source(str(tmp_path))
     train, val = list(source.documents("train")), list(source.documents("val"))
-    assert len(train) + len(val) == 60 and val and not set(train) & set(val)
+    assert len(train) + len(val) == 60 and len(val) == 3 and not set(train) & set(val)
+    assert [Path(u.path).name for u in source.units("val")] == ["019.txt", "039.txt", "059.txt"]
+
+
+def test_a_source_too_small_to_hold_out_names_val_data(tmp_path):
+    (tmp_path / "tiny.txt").write_text("a single short document of a few words")
+    with pytest.raises(DataError, match="too small.*--val_data"):
+        get_source(str(tmp_path / "tiny.txt")).units("val")
+
+
+def test_a_corrupt_unit_is_named(tmp_path):
+    pq.write_table(pa.table(fineweb_rows(50)), tmp_path / "x.parquet")
+    source = get_source(str(tmp_path / "x.parquet"))
+    units = source.units("all")
+    data = bytearray((tmp_path / "x.parquet").read_bytes())
+    data[8:400] = b"\xff" * 392  # the first column chunk's pages
+    (tmp_path / "x.parquet").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"cannot read .*x\.parquet \(row group 0"):
+        source.read(units[0])
 
 
 @pytest.mark.parametrize("spec, fragment", [

@@ -1,0 +1,146 @@
+"""The Hub path for real, offline: HfApi and HfFileSystem talk to a local stand-in server
+(tests/hub_server.py) through HF_ENDPOINT, and every byte they fetch is counted."""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from huggingface_hub import HfFileSystem
+
+from data import sources
+from data.loader import StreamingLoader, take_batches
+from data.sources import DataError, FileSource, get_source
+from tests.helpers import assert_one_line_error, run_script
+from tests.hub_server import HubServer
+from tokenization.tokenizer import byte_tokenizer
+
+CARD = """---
+configs:
+- config_name: sample-10BT
+  data_files:
+  - split: train
+    path: sample/10BT/*
+- config_name: tiny
+  data_files:
+  - split: train
+    path: tiny/train-*
+  - split: validation
+    path: tiny/validation-*
+---
+# A FineWeb-Edu look-alike
+"""
+
+
+def write_parquet(path, first: int, rows: int, row_group: int) -> None:
+    texts = [f"Document {i} explains photosynthesis in plain words, step by step."
+             for i in range(first, first + rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": texts, "int_score": [i % 5 + 1 for i in range(rows)]}),
+                   path, row_group_size=row_group)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A dataset repository HuggingFaceFW/fineweb-edu with two configurations, served locally."""
+    repo = tmp_path / "repo"
+    for f in range(3):
+        write_parquet(repo / "sample/10BT" / f"{f:03d}_00000.parquet", f * 2000, 2000, 20)
+    write_parquet(repo / "tiny/train-00000-of-00001.parquet", 0, 300, 30)
+    write_parquet(repo / "tiny/validation-00000-of-00001.parquet", 10_000, 60, 30)
+    (repo / "README.md").write_text(CARD)
+    HfFileSystem.clear_instance_cache()  # fsspec keeps one per argument set, endpoint baked in
+    with HubServer(repo, "HuggingFaceFW/fineweb-edu") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", server.endpoint)
+        monkeypatch.setattr("datasets.config.HF_ENDPOINT", server.endpoint)
+        monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        server.repo = repo
+        yield server
+    HfFileSystem.clear_instance_cache()
+
+
+def numbers(docs) -> list[int]:
+    return [int(d.split()[1]) for d in docs]
+
+
+def test_fineweb_edu_is_read_by_row_group_through_hffilesystem(hub):
+    source = get_source("fineweb-edu", min_int_score=3)
+    assert isinstance(source, FileSource) and source.on_hub
+    units = source.units("all")
+    assert len(units) == 3 * 100 and {u.stop - u.start for u in units} == {20}  # row groups
+    assert all(u.path.startswith("datasets/HuggingFaceFW/fineweb-edu@") for u in units)
+    train, val = numbers(source.documents("train")), numbers(source.documents("val"))
+    assert sorted(train + val) == [i for i in range(6000) if i % 2000 % 5 + 1 >= 3]
+    assert len(source.units("val")) == 15 and not set(train) & set(val)
+    local = get_source(str(hub.repo / "sample/10BT/*.parquet"), min_int_score=3)
+    assert numbers(local.documents("val")) == val  # the same code over the local disk
+
+
+def test_a_native_validation_split_is_used(hub):
+    source = get_source("fineweb-edu", data_config="tiny")
+    assert numbers(source.documents("val")) == list(range(10_000, 10_060))
+    assert numbers(source.documents("train")) == list(range(300))
+
+
+def test_an_epoch_over_8_ranks_x_2_workers_fetches_each_byte_once(hub):
+    source = get_source("fineweb-edu")
+    source.units("train")  # listing reads each file's footer once
+    hub.bytes_sent.clear()
+    tok = byte_tokenizer()
+    for rank in range(8):
+        loader = StreamingLoader(source, tok, block_size=64, batch_size=2, rank=rank,
+                                 world_size=8, workers=2, repeat=False)
+        take_batches(loader, 100_000)
+        loader.close()
+    needed = 0  # the text column's bytes of every train row group, each once
+    for unit in source.units("train"):
+        meta = pq.ParquetFile(hub.repo / unit.path.split("@")[1].split("/", 1)[1]).metadata
+        needed += meta.row_group(unit.index).column(0).total_compressed_size
+    sent = sum(hub.bytes_sent.values())
+    assert set(hub.bytes_sent) == {f"sample/10BT/{f:03d}_00000.parquet" for f in range(3)}
+    assert sent == needed  # footers came with the listing, inherited by the workers
+
+
+def test_units_are_listed_once_per_machine(hub):
+    get_source("fineweb-edu").units("train")
+    listed = len(hub.requests)
+    get_source("fineweb-edu").units("train")
+    reads = [r for r in hub.requests[listed:] if r.endswith(".parquet")]
+    assert not reads  # the second listing comes from the cache
+
+
+def test_unknown_configuration_and_unreadable_units_are_one_line(hub, monkeypatch):
+    with pytest.raises(DataError, match="no configuration 'nope' \\(it has sample-10BT, tiny\\)"):
+        get_source("fineweb-edu", data_config="nope")
+    source = get_source("fineweb-edu", data_config="tiny")
+    units = source.units("train")
+    monkeypatch.setattr(sources, "HUB_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)
+    hub.__exit__()  # the Hub goes away mid-run
+    with pytest.raises(DataError, match="cannot read .*row group 0.* after 4 tries"):
+        source.read(units[0])
+
+
+def test_training_streams_from_the_hub(hub, tmp_path):
+    result = run_script("models/gpt.py", "--preset", "tiny", "--data", "fineweb-edu",
+                        "--data_config", "tiny", "--max_iters", "3", "--batch_size", "4",
+                        "--block_size", "32", "--eval_iters", "1", "--sample_tokens", "0",
+                        "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    units = len(get_source("fineweb-edu", data_config="tiny").units("train"))
+    assert f"HuggingFaceFW/fineweb-edu, {units} units streamed into 4 lanes" in result.stdout
+    state = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["data"]
+    assert state["kind"] == "lanes" and len(state["lanes"]) == 4
+
+
+def test_a_missing_dataset_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with HubServer(tmp_path / "empty", "org/other") as server:
+        env = {**os.environ, "HF_ENDPOINT": server.endpoint}
+        result = run_script("models/gpt.py", "--preset", "tiny", "--data", "org/missing",
+                            "--out_dir", str(tmp_path / "o"), cwd=tmp_path, env=env)
+    assert_one_line_error(result, "cannot reach dataset 'org/missing'")
