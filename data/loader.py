@@ -47,7 +47,8 @@ from data.sources import DataError, Source, Unit
 from tokenization.tokenizer import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-PREFETCH_ROWS = 32  # ask for a lane's next unit when fewer rows than this remain
+PREFETCH_ROWS = 32  # keep about this many rows per lane read or requested ahead
+MAX_PENDING = 64  # units one lane may have requested and not yet received
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -61,9 +62,13 @@ def document_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 def unit_tokens(source: Source, unit: Unit, tokenizer: Tokenizer) -> np.ndarray:
-    """Every document of a unit, tokenized and concatenated."""
-    ids = [t for text in source.read(unit) for t in document_tokens(tokenizer, text)]
-    return np.array(ids, dtype=token_dtype(tokenizer.n_vocab))
+    """Every document of a unit, tokenized and concatenated (as document_tokens makes them)."""
+    dtype = token_dtype(tokenizer.n_vocab)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    pieces = [eot[:0]]
+    for text in source.read(unit):
+        pieces += [eot, np.array(tokenizer.encode(text), dtype=dtype)]
+    return np.concatenate(pieces)
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Batch:
@@ -103,8 +108,9 @@ class Order:
     """The sequence S: a permutation of n items per epoch (or 0..n-1 unshuffled), concatenated;
     without repeat it ends after one epoch (S[i] is None)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, repeat: bool = True) -> None:
-        self.n, self.seed, self.shuffle, self.repeat = n, seed, shuffle, repeat
+    def __init__(self, n: int, seed: int, shuffle: bool = True, repeat: bool = True,
+                 keep: int = 4) -> None:
+        self.n, self.seed, self.shuffle, self.repeat, self.keep = n, seed, shuffle, repeat, keep
         self._epochs: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
 
     def __getitem__(self, i: int) -> int | None:
@@ -115,7 +121,7 @@ class Order:
             return j
         if epoch not in self._epochs:  # lanes drift apart by an epoch or so: keep a few
             self._epochs[epoch] = permutation(self.n, self.seed, epoch)
-            if len(self._epochs) > 4:
+            if len(self._epochs) > self.keep:
                 self._epochs.popitem(last=False)
         self._epochs.move_to_end(epoch)
         return int(self._epochs[epoch][j])
@@ -221,12 +227,28 @@ def _result(future) -> np.ndarray | None:
 
 # ----------------------------------------------------------------------------- lanes
 
+class UnitSizes:
+    """The running mean of tokens per unit, shared by a loader's lanes: how many units to
+    request ahead so that about PREFETCH_ROWS rows are on their way."""
+
+    def __init__(self) -> None:
+        self.units, self.tokens = 0, 0
+
+    def add(self, tokens: int) -> None:
+        self.units, self.tokens = self.units + 1, self.tokens + tokens
+
+    def mean(self, default: int) -> float:
+        return max(1.0, self.tokens / self.units) if self.units else default
+
+
 class Lane:
     """One global row's token stream: units S[g], S[g + G], ... read through `request`."""
 
     def __init__(self, index: int, stride: int, order: Order,
-                 request: Callable[[int | None], Any], k: int = 0, p: int = 0) -> None:
+                 request: Callable[[int | None], Any], sizes: UnitSizes, k: int = 0,
+                 p: int = 0) -> None:
         self.index, self.stride, self.order, self.request = index, stride, order, request
+        self.sizes = sizes
         self.k, self.p = k, p  # the next row starts at token p of this lane's k-th unit
         self.loaded: list[np.ndarray] = []  # units k, k+1, ... read so far
         self.pending: collections.deque = collections.deque()  # the units after those
@@ -238,15 +260,28 @@ class Lane:
     def _available(self) -> int:
         return sum(len(tokens) for tokens in self.loaded) - self.p
 
+    def _prefetch(self, want: int) -> None:
+        """Request units until about `want` tokens are held or on their way."""
+        if not self.loaded:  # the first unit's size, and p within it, decide what comes next
+            if not self.pending:
+                self._ask()
+            return
+        mean = self.sizes.mean(default=want)
+        while len(self.pending) < MAX_PENDING and \
+                self._available() + len(self.pending) * mean < want:
+            self._ask()
+
     def row(self, length: int, advance: int) -> np.ndarray | None:
         """The next `length` tokens, then move on by `advance`; None at the end of the data."""
         empty = 0
         while self._available() < length:
+            self._prefetch(length)
             if not self.pending:
                 self._ask()
             tokens = _result(self.pending.popleft())
             if tokens is None:
                 return None
+            self.sizes.add(len(tokens))
             empty = empty + 1 if len(tokens) == 0 else 0
             if empty > self.order.n:  # a whole epoch without a token
                 raise DataError("the data has no documents (empty, filtered out, or all "
@@ -263,8 +298,7 @@ class Lane:
         while self.loaded and self.p >= len(self.loaded[0]):
             self.p -= len(self.loaded.pop(0))
             self.k += 1
-        if not self.pending and self._available() < PREFETCH_ROWS * length:
-            self._ask()
+        self._prefetch(PREFETCH_ROWS * length)
         return np.concatenate(pieces)
 
     def close(self) -> None:
@@ -287,6 +321,7 @@ class StreamingLoader:
         self.seed, self.device = seed, torch.device(device)
         self.order = Order(len(self.units), seed, repeat=repeat)
         self.reader = UnitReader(source, self.units, tokenizer, workers)
+        self.sizes = UnitSizes()
         self.positions = {g: (0, 0) for g in self._my_rows()}  # (k, p) before lanes exist
         self.lanes: list[Lane] | None = None
         self.micro = 0  # the next micro-batch of the step
@@ -295,8 +330,11 @@ class StreamingLoader:
         return range(self.first_row, self.first_row + self.batch_size * self.accumulation)
 
     def _start(self) -> list[Lane]:
-        return [Lane(g, self.rows, self.order, self.reader.request, *self.positions[g])
-                for g in self._my_rows()]
+        lanes = [Lane(g, self.rows, self.order, self.reader.request, self.sizes,
+                      *self.positions[g]) for g in self._my_rows()]
+        for lane in lanes:  # every lane's first unit requested at once: workers read in parallel
+            lane._prefetch(self.block_size + 1)
+        return lanes
 
     def next_batch(self) -> Batch:
         if self.lanes is None:
@@ -391,7 +429,7 @@ class PreparedLoader:
         self.block_size, self.batch_size, self.accumulation = block_size, batch_size, accumulation
         self.rows, self.first_row = rank_rows(batch_size, accumulation, rank, world_size)
         self.seed, self.device = seed, torch.device(device)
-        self.order = Order(self.blocks, seed, shuffle, repeat)
+        self.order = Order(self.blocks, seed, shuffle, repeat, keep=2)  # 8 bytes per block
         self.position, self.micro = 0, 0  # the step's first position in the order
 
     @classmethod

@@ -1,6 +1,7 @@
 """The Hub path for real, offline: HfApi and HfFileSystem talk to a local stand-in server
 (tests/hub_server.py) through HF_ENDPOINT, and every byte they fetch is counted."""
 
+import contextlib
 import os
 
 import pyarrow as pa
@@ -41,6 +42,22 @@ def write_parquet(path, first: int, rows: int, row_group: int) -> None:
                    path, row_group_size=row_group)
 
 
+@contextlib.contextmanager
+def serve(repo, repo_id: str, monkeypatch, cache):
+    """Serve folder `repo` as dataset repo_id, with every Hub client pointed at it."""
+    HfFileSystem.clear_instance_cache()  # fsspec keeps one per argument set, endpoint baked in
+    with HubServer(repo, repo_id) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", server.endpoint)
+        monkeypatch.setattr("datasets.config.HF_ENDPOINT", server.endpoint)
+        monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+        server.repo = repo
+        yield server
+    HfFileSystem.clear_instance_cache()
+
+
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """A dataset repository HuggingFaceFW/fineweb-edu with two configurations, served locally."""
@@ -50,17 +67,30 @@ def hub(tmp_path, monkeypatch):
     write_parquet(repo / "tiny/train-00000-of-00001.parquet", 0, 300, 30)
     write_parquet(repo / "tiny/validation-00000-of-00001.parquet", 10_000, 60, 30)
     (repo / "README.md").write_text(CARD)
-    HfFileSystem.clear_instance_cache()  # fsspec keeps one per argument set, endpoint baked in
-    with HubServer(repo, "HuggingFaceFW/fineweb-edu") as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", server.endpoint)
-        monkeypatch.setattr("datasets.config.HF_ENDPOINT", server.endpoint)
-        monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-        server.repo = repo
+    with serve(repo, "HuggingFaceFW/fineweb-edu", monkeypatch, tmp_path / "cache") as server:
         yield server
-    HfFileSystem.clear_instance_cache()
+
+
+def test_wikitext_103_is_read_as_articles_through_the_same_path(tmp_path, monkeypatch):
+    repo = tmp_path / "wikitext"
+    folder = repo / "wikitext-103-raw-v1"
+    folder.mkdir(parents=True)
+    for split, first in (("train", 0), ("validation", 100), ("test", 200)):
+        lines = []
+        for article in range(first, first + 30):
+            lines += [f" = Article {article} = \n", " \n", f" It is article {article} . \n",
+                      " = = Section = = \n", " More words about it , 1 @,@ 000 of them . \n"]
+        pq.write_table(pa.table({"text": lines}), folder / f"{split}-00000-of-00001.parquet",
+                       row_group_size=50)
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: wikitext-103-raw-v1\n  data_files:\n"
+        + "".join(f"  - split: {s}\n    path: wikitext-103-raw-v1/{s}-*\n"
+                  for s in ("train", "validation", "test")) + "---\n")
+    with serve(repo, "Salesforce/wikitext", monkeypatch, tmp_path / "cache"):
+        source = get_source("wikitext-103")
+        val, test = list(source.documents("val")), list(source.documents("test"))
+    assert len(val) == 30 and val[0].startswith("= Article 100 =") and "1,000" in val[0]
+    assert "= = Section = =" in val[0] and test[-1].startswith("= Article 229 =")
 
 
 def numbers(docs) -> list[int]:
