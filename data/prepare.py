@@ -11,21 +11,23 @@ uninterrupted run writes. `meta.json`, written last, marks the folder complete.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from data.loader import document_tokens, token_dtype
-from data.shards import FORMAT, read_header, shard_path, write_shard
+from data.shards import FORMAT, SHARD_NAME, read_header, shard_path, write_meta, write_shard
 from data.sources import DataError, Source, add_source_arguments, source_from_args
 from tokenization.tokenizer import Tokenizer, get_tokenizer
-from transformer_setup.cli import ArgumentParser, run_main
+from transformer_setup.cli import ArgumentParser, positive_int, run_main
 
 DOCS_PER_TASK = 256
 _worker_tokenizer: Tokenizer | None = None
@@ -46,27 +48,43 @@ def _chunks(docs: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def completed_shards(folder: Path, split: str, tokenizer: Tokenizer) -> tuple[int, int]:
+def identity(args, tokenizer: Tokenizer) -> dict[str, Any]:
+    """What decides a folder's contents: the source, its options and the tokenizer."""
+    return {"source": args.data, "text_field": args.text_field, "data_config": args.data_config,
+            "min_int_score": args.min_int_score, "tokenizer": tokenizer.name,
+            "tokenizer_fingerprint": tokenizer.fingerprint()}
+
+
+def identity_key(ident: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def completed_shards(folder: Path, split: str, key: str) -> tuple[int, int]:
     """(shards already written, documents they cover): where an interrupted run resumes."""
     index, end_doc = 0, 0
     while shard_path(folder, split, index).exists():
         header = read_header(shard_path(folder, split, index))
-        if header["tokenizer_fingerprint"] != tokenizer.fingerprint():
-            raise DataError(f"{folder} holds shards of another tokenizer "
-                            f"({header['tokenizer']}); choose a new --out")
+        if header.get("identity") != key:
+            raise DataError(f"{folder} holds shards of another source or tokenizer "
+                            f"({header.get('tokenizer')}); choose another --out or pass "
+                            "--overwrite")
         index, end_doc = index + 1, header["end_doc"]
     return index, end_doc
 
 
 def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path,
-                  shard_tokens: int, workers: int) -> dict[str, int]:
+                  shard_tokens: int, workers: int, key: str = "") -> dict[str, Any]:
     """Write one split's shards (resuming if some exist); return its totals."""
     done_marker = folder / f".{split}.complete"
     if done_marker.exists():
-        return json.loads(done_marker.read_text())
-    index, next_doc = completed_shards(folder, split, tokenizer)
+        totals = json.loads(done_marker.read_text())
+        if totals.get("identity") == key:
+            return totals
+        raise DataError(f"{folder} holds finished {split} shards of another source or "
+                        "tokenizer; choose another --out or pass --overwrite")
+    index, next_doc = completed_shards(folder, split, key)
     header = {"tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint(),
-              "split": split}
+              "identity": key, "split": split}
     docs = itertools.islice(source.documents(split), next_doc, None)
     pending: list[np.ndarray] = []
     first_doc = doc = next_doc
@@ -95,11 +113,40 @@ def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path
         flush()
     if index == 0:
         raise DataError(f"source {source.name!r} has no {split} documents")
-    totals = {"shards": index, "documents": doc,
-              "tokens": sum(read_header(shard_path(folder, split, i))["tokens"]
-                            for i in range(index))}
+    headers = [read_header(shard_path(folder, split, i)) for i in range(index)]
+    records = [{k: h[k] for k in ("tokens", "max_id", "crc32")} for h in headers]
+    totals = {"shards": index, "documents": doc, "tokens": sum(r["tokens"] for r in records),
+              "records": records, "identity": key}
     done_marker.write_text(json.dumps(totals))
     return totals
+
+
+def claim_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The folder's finished meta.json when it holds this very data (nothing to do), None when
+    it is free (or --overwrite cleared it); refuse a folder of other data or other files."""
+    meta_path = folder / "meta.json"
+    theirs = None
+    if meta_path.exists():
+        try:
+            theirs = json.loads(meta_path.read_text())
+        except ValueError:
+            theirs = {}
+        if theirs.get("identity") == ident and theirs.get("format") == FORMAT and not overwrite:
+            return theirs
+    ours = [p for p in folder.iterdir() if SHARD_NAME.fullmatch(p.name)
+            or p.name in ("meta.json", ".val.complete", ".train.complete")]
+    others = [p for p in folder.iterdir() if p not in ours and not p.name.startswith(".")]
+    if others:
+        raise DataError(f"{folder} holds other files ({others[0].name}, ...); choose an empty "
+                        "or new --out")
+    if theirs is not None and not overwrite:
+        what = theirs.get("identity", {}).get("source", theirs.get("source", "other data"))
+        raise DataError(f"{folder} already holds shards of {what!r} (tokenizer "
+                        f"{theirs.get('tokenizer')}); choose another --out or pass --overwrite")
+    if overwrite:
+        for path in ours:
+            path.unlink()
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,14 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="pydocs, fineweb-edu, a path or glob, ...")
     parser.add_argument("--tokenizer", required=True, help="gpt2, bytes or a tokenizer folder")
     parser.add_argument("--out", required=True, help="folder for the shards")
-    parser.add_argument("--shard_tokens", type=int, default=100_000_000,
+    parser.add_argument("--shard_tokens", type=positive_int, default=100_000_000,
                         help="tokens per shard (closed at the next document boundary)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                         help="tokenizer processes")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the shards of other data in --out")
     add_source_arguments(parser)
     args = parser.parse_args(argv)
-    if args.shard_tokens < 1 or args.workers < 1:
-        parser.error("--shard_tokens and --workers must be positive")
 
     tokenizer = get_tokenizer(args.tokenizer)
     source = source_from_args(args)
@@ -123,13 +170,20 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create {folder} ({err.strerror})") from None
-    splits = {split: prepare_split(source, split, tokenizer, folder, args.shard_tokens,
-                                   args.workers) for split in ("val", "train")}
-    meta = {"format": FORMAT, "source": args.data, "tokenizer": tokenizer.name,
-            "tokenizer_arg": args.tokenizer, "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "dtype": token_dtype(tokenizer.n_vocab).name, "splits": splits}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-    for split, totals in splits.items():
+    ident = identity(args, tokenizer)
+    meta = claim_folder(folder, ident, args.overwrite)
+    if meta is None:
+        splits = {split: prepare_split(source, split, tokenizer, folder, args.shard_tokens,
+                                       args.workers, identity_key(ident))
+                  for split in ("val", "train")}
+        meta = {"format": FORMAT, "identity": ident, "source": args.data,
+                "tokenizer": tokenizer.name, "tokenizer_arg": args.tokenizer,
+                "tokenizer_fingerprint": tokenizer.fingerprint(),
+                "dtype": token_dtype(tokenizer.n_vocab).name, "splits": splits}
+        write_meta(folder, meta)
+    else:
+        print(f"{folder} already holds this data, complete")
+    for split, totals in meta["splits"].items():
         print(f"{split}: {totals['tokens']:,} tokens from {totals['documents']:,} documents in "
               f"{totals['shards']} shards")
     print(f"written to {folder} ({meta['dtype']}); train with --data {folder} "

@@ -29,7 +29,7 @@ from data.sources import Source, add_source_arguments, source_from_args
 from models.checkpoint import load_model
 from models.device import autocast, resolve_device, resolve_dtype
 from tokenization.tokenizer import Tokenizer
-from transformer_setup.cli import ArgumentParser, UserError, run_main
+from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
 from transformer_setup.transformer import GPT
 
 
@@ -116,9 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="wikitext-103", help="any source of the data layer")
     parser.add_argument("--split", default=None, help="train | val | test | all (default: "
                         "the whole of local files, else test where it exists, else val)")
-    parser.add_argument("--stride", type=int, default=None, help="default: half the context")
-    parser.add_argument("--max_tokens", type=int, default=None, help="score at most this many")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--stride", type=positive_int, default=None,
+                        help="tokens between windows (default: half the context)")
+    parser.add_argument("--max_tokens", type=positive_int, default=None,
+                        help="score at most this many")
+    parser.add_argument("--batch_size", type=positive_int, default=8,
+                        help="windows per forward pass")
     add_source_arguments(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="fp32", help="auto | bf16 | fp16 | fp32")
@@ -126,8 +129,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.max_tokens is not None and args.max_tokens < 2:
         parser.error("--max_tokens must be at least 2")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
     device = resolve_device(args.device)
     ctx = autocast(device, resolve_dtype(args.dtype, device))
     model, tokenizer = load_model(args.checkpoint, device)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from models.checkpoint import load_model
 from models.device import resolve_device
 from tokenization.tokenizer import Tokenizer
-from transformer_setup.cli import ArgumentParser, UserError, run_main
+from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
 from transformer_setup.transformer import GPT
 
 HUB_ID = "Rowan/hellaswag"
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a .pt checkpoint or a transformers model folder")
     parser.add_argument("--data", default="hellaswag",
                         help="hellaswag (the Hub's validation split) or a local .jsonl file")
-    parser.add_argument("--limit", type=int, default=None, help="score the first N examples")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="score the first N examples")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

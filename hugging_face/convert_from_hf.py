@@ -22,16 +22,29 @@ from transformer_setup.cli import ArgumentParser, UserError, run_main
 from transformer_setup.params import ModelConfig
 from transformer_setup.transformer import GPT
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
 
 def _hub_reachable(model_id: str) -> None:
     from huggingface_hub import HfApi
 
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+        raise UserError(f"folder not found: {model_id}")
     try:
         HfApi().model_info(model_id, timeout=15)
     except Exception as err:  # DNS, connection, 401/404: all mean we cannot get it
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise UserError(f"cannot reach model {model_id!r} on the Hugging Face Hub ({reason}); "
-                        "pass a local folder instead") from None
+        raise UserError(f"no folder {model_id} here, and cannot reach model {model_id!r} on the "
+                        f"Hugging Face Hub ({reason})") from None
+
+
+def _check_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a transformers model folder (no config.json)")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"{folder} has a config.json but no weights "
+                        f"({' or '.join(WEIGHT_FILES[::2])})")
 
 
 def load_hf_model(id_or_dir: str, tokenizer: str | None = None
@@ -41,8 +54,7 @@ def load_hf_model(id_or_dir: str, tokenizer: str | None = None
 
     local = Path(id_or_dir)
     if local.exists():
-        if not (local / "config.json").is_file():
-            raise UserError(f"{id_or_dir} is not a transformers model folder (no config.json)")
+        _check_folder(local)
     else:
         _hub_reachable(id_or_dir)
     try:

@@ -6,8 +6,10 @@ opening a checkpoint from a stranger cannot run anything. See docs/CHECKPOINTS.m
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +28,43 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file, fsync, then rename over `path`: a crash at any moment leaves
-    either the old file or the new one, never a torn one."""
+    """Write to a temporary file of this process, fsync, then rename over `path`: a crash at any
+    moment leaves either the old file or the new one, never a torn one. A failed write (a full
+    disk) removes the temporary file and raises a CheckpointError naming the file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{write_error(err, path.parent)} writing {path}") from None
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """A copy that appears whole or not at all, like save_checkpoint."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{write_error(err, target.parent)} writing {target}") from None
+
+
+def write_error(err: Exception, folder: Path) -> str:
+    """What went wrong, in words: a full disk is named as such, whatever layer noticed it."""
+    if getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < 1 << 20:
+        return "no space left on the device"
+    return getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -52,6 +77,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.is_file():  # a FIFO or a device would block or stream forever
+        raise CheckpointError(f"{path} is not a regular file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except PermissionError:
@@ -67,7 +94,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                               "not a PyTorch file") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project")
+    check_weights_fit(ckpt, path)
     return ckpt
+
+
+REQUIRED_KEYS = ("model_config", "tokenizer", "model")
+
+
+def check_weights_fit(ckpt: dict[str, Any], path: str | Path) -> None:
+    """The checkpoint has a valid config and weights of exactly the shapes it implies: checked
+    on the meta device, before any memory is allocated for the model."""
+    missing = [key for key in REQUIRED_KEYS if not isinstance(ckpt.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: no {', '.join(missing)}")
+    try:
+        config = config_from_dict(ModelConfig, ckpt["model_config"])
+    except (UserError, TypeError) as err:
+        raise CheckpointError(f"{path} has an invalid model config ({err})") from None
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    weights = ckpt["model"]
+    for name, shape in expected.items():
+        found = weights.get(name)
+        if not isinstance(found, torch.Tensor) or found.shape != shape:
+            what = "missing" if found is None else \
+                f"of shape {tuple(getattr(found, 'shape', ()))}"
+            raise CheckpointError(f"{path}: weight {name} is {what}, but its config needs "
+                                  f"{tuple(shape)}")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path}: weights its config has no place for ({extra[0]}, ...)")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu",
@@ -81,18 +137,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
         model = GPT(config)
     model.to_empty(device=device)
     model.init_buffers()
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"the checkpoint's weights do not fit its config "
-                              f"({str(err).splitlines()[0]})") from None
+    model.load_state_dict(ckpt["model"])  # shapes checked by load_checkpoint
     return model.eval(), tokenizer
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer]:
     """The model and tokenizer of a checkpoint file, or of a transformers model folder (Llama or
     GPT-2 layout) run through our own model, so both are scored by identical code."""
-    if Path(path).is_dir() and (Path(path) / "config.json").exists():
+    if Path(path).is_dir() and (Path(path) / "config.json").is_file():
         from hugging_face.convert_from_hf import model_from_hf
         return model_from_hf(str(path), device)
     return model_from_checkpoint(load_checkpoint(path, map_location=device), device)

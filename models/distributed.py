@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from transformer_setup.cli import UserError
 from transformer_setup.transformer import GPT
 
 
@@ -48,14 +47,20 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     return Distributed(rank, local_rank, world_size), device
 
 
-def teardown(d: Distributed) -> None:
+def teardown(d: Distributed, clean: bool = True) -> None:
     """Leave together: a rank that destroys its group while another is still sending can abort
-    the process (gloo's "terminate called without an active exception")."""
+    the process (gloo's "terminate called without an active exception"). After a failure the
+    others may be gone: no barrier then, and nothing raised over the first error."""
     if d.enabled and dist.is_initialized():
         try:
-            dist.barrier()
+            if clean:
+                dist.barrier()
         finally:
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                if clean:
+                    raise
 
 
 def wrap(model: GPT, d: Distributed, device: torch.device, fsdp: bool) -> torch.nn.Module:
@@ -148,7 +153,3 @@ def load_full_state(model: GPT, optimizer: torch.optim.Optimizer, model_state: d
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
-def check_world(saved: int, d: Distributed) -> None:
-    if saved != d.world_size:
-        raise UserError(f"cannot resume exactly: the checkpoint was written by {saved} processes, "
-                        f"this run has {d.world_size}; resume with the same number")

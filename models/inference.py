@@ -18,7 +18,14 @@ from models.checkpoint import load_model
 from models.device import autocast, resolve_device, resolve_dtype
 from models.generate import generate
 from tokenization.tokenizer import Tokenizer
-from transformer_setup.cli import ArgumentParser, run_main
+from transformer_setup.cli import (
+    ArgumentParser,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    probability,
+    run_main,
+)
 from transformer_setup.transformer import GPT
 
 
@@ -26,26 +33,20 @@ def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Generate text with a trained checkpoint.")
     parser.add_argument("checkpoint", help="a .pt checkpoint, or a transformers model folder")
     parser.add_argument("--prompt", help="generate one continuation of this text, then exit")
-    parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=200, help="0 = no limit")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling; 1 = off")
-    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=200,
+                        help="tokens to generate per continuation (default 200)")
+    parser.add_argument("--temperature", type=nonnegative_float, default=0.8,
+                        help="sampling temperature; 0 = greedy (default 0.8)")
+    parser.add_argument("--top_k", type=nonnegative_int, default=200,
+                        help="sample among the k most likely tokens; 0 = no limit (default 200)")
+    parser.add_argument("--top_p", type=probability, default=1.0,
+                        help="nucleus sampling: the smallest set with this probability; 1 = off")
+    parser.add_argument("--num_samples", type=positive_int, default=1,
+                        help="continuations per prompt (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32")
-    args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error("--max_new_tokens must be at least 1")
-    if args.temperature < 0:
-        parser.error("--temperature must be >= 0")
-    if args.top_k < 0:
-        parser.error("--top_k must be >= 0")
-    if not 0 < args.top_p <= 1:
-        parser.error("--top_p must be in (0, 1]")
-    if args.num_samples < 1:
-        parser.error("--num_samples must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 class TextStream:

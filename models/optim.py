@@ -22,6 +22,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig,
                              fused=device.type == "cuda")
 
 
+def apply_hyperparameters(optimizer: torch.optim.AdamW, config: TrainConfig) -> None:
+    """Betas and weight decay from the config, over what a loaded optimizer state carried (the
+    learning rate is set every step). Group 0 holds the matrices, as make_optimizer builds it."""
+    for index, group in enumerate(optimizer.param_groups):
+        group["betas"] = (config.beta1, config.beta2)
+        group["weight_decay"] = config.weight_decay if index == 0 else 0.0
+
+
 def learning_rate_at(step: int, config: TrainConfig) -> float:
     """Linear warmup to the peak over warmup_iters, cosine decay to min_lr at lr_decay_iters,
     then min_lr. `step` counts optimizer steps from 0."""

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 import signal
+import sys
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,11 +37,12 @@ from data.loader import (
 from data.shards import is_prepared
 from data.sources import DataError, get_source
 from models import distributed
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, copy_atomically, load_checkpoint, save_checkpoint
 from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
 from models.distributed import Distributed
 from models.generate import generate_ids
-from models.optim import learning_rate_at, make_optimizer
+from models.optim import apply_hyperparameters, learning_rate_at, make_optimizer
+from models.run_dir import RunLock, check_room, checkpoint_bytes
 from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import UserError
 from transformer_setup.params import ModelConfig, TrainConfig
@@ -169,23 +169,37 @@ def resolve_accumulation(tc: TrainConfig, block_size: int, world_size: int) -> i
     return tc.global_batch_tokens // per_step
 
 
+# Changes on --resume: these alter the data order or what a step means, so they are refused (the
+# global batch, block size and the data itself are checked by the loader and the model config);
+# the rest (learning rate, schedule, weight decay, intervals...) are applied and logged.
+REFUSED_CHANGES = ("seed", "text_field", "data_config", "min_int_score", "fsdp")
+UNTRACKED = ("resume", "dry_run", "out_dir", "init_from", "profile")
+
+
 def check_resumable(ckpt: dict[str, Any], model_config: ModelConfig, tokenizer: Tokenizer,
-                    tc: TrainConfig) -> None:
-    """Resuming with another model shape or tokenizer would silently train something else."""
+                    tc: TrainConfig) -> list[dict[str, Any]]:
+    """Refuse what would silently train something else; return the changes a user may mean."""
+    if "optimizer" not in ckpt:
+        raise CheckpointError("cannot resume from a weights-only checkpoint (best_model.pt); "
+                              "use latest.pt")
     saved = ckpt["model_config"]
-    ignored = {"attention", "gradient_checkpointing", "dropout"}  # do not change the weights
+    runtime = {"attention", "gradient_checkpointing", "dropout"}  # do not change the weights
     for key, value in dataclasses.asdict(model_config).items():
-        if key not in ignored and saved.get(key) != value:
+        if key not in runtime and saved.get(key) != value:
             raise CheckpointError(f"cannot resume: {key} is {saved.get(key)!r} in the "
                                   f"checkpoint but {value!r} now")
     if ckpt["tokenizer"] != tokenizer.spec():
         raise CheckpointError(f"cannot resume: the checkpoint was trained with tokenizer "
                               f"{ckpt['tokenizer']['name']!r}, not {tokenizer.name!r}")
-    if bool(ckpt["train_config"].get("fsdp")) != tc.fsdp:
-        raise CheckpointError("cannot resume: --fsdp must match the run that wrote the checkpoint")
-    if "optimizer" not in ckpt:
-        raise CheckpointError("cannot resume from a weights-only checkpoint (best_model.pt); "
-                              "use latest.pt")
+    before = ckpt["train_config"]
+    for key in REFUSED_CHANGES:
+        if key in before and before[key] != getattr(tc, key):
+            raise CheckpointError(f"cannot resume: {key} was {before[key]!r}, now "
+                                  f"{getattr(tc, key)!r} (it changes the data or the run's "
+                                  "layout); resume with the same value")
+    return [{"step": ckpt["step"], "field": key, "from": before[key], "to": value}
+            for key, value in dataclasses.asdict(tc).items()
+            if key in before and before[key] != value and key not in UNTRACKED]
 
 
 PROFILE_SKIP = 2  # steps to wait and warm up before recording (compilation, allocator)
@@ -226,245 +240,384 @@ class RunLog:
     """Log lines to the terminal (above the progress bar) and to OUT_DIR/train.log."""
 
     def __init__(self, path: Path | None) -> None:
-        self.file = open(path, "a", encoding="utf-8") if path else None
+        self.path = path
+        try:
+            self.file = open(path, "a", encoding="utf-8") if path else None
+        except OSError as err:
+            raise UserError(f"cannot write {path} ({err.strerror})") from None
 
     def __call__(self, message: str) -> None:
         if self.file is None:
             return
         tqdm.write(message)
-        self.file.write(message + "\n")
-        self.file.flush()
+        try:
+            self.file.write(message + "\n")
+            self.file.flush()
+        except OSError as err:
+            raise UserError(f"cannot write {self.path} ({err.strerror})") from None
 
     def close(self) -> None:
         if self.file:
             self.file.close()
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Fail before training, not after an hour, when checkpoints could not be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output folder {out_dir} is not writable ({err.strerror})") from None
+def weights_finite(model: torch.nn.Module, d: Distributed, device: torch.device) -> bool:
+    """Every weight finite, on every rank (FSDP: each rank checks its shards)."""
+    local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+                for p in model.parameters())
+    return not distributed.any_rank(not local, d, device)
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """A collective failed because another process of the run is gone."""
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        phrase in text for phrase in ("Connection reset by peer", "Connection closed by peer",
+                                      "remote process exited", "Broken pipe"))
 
 
 def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> dict[str, float]:
+    """Train, owning OUT_DIR (rank 0 holds its lock) for the whole run."""
     device = resolve_device(tc.device)
     d, device = distributed.setup(device)
+    lock, clean = None, False
     try:
-        return _train(model_config, tc, tokenizer, device, d)
+        out_dir = Path(tc.out_dir)
+        if d.is_main:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"cannot create {out_dir} ({err.strerror})") from None
+            lock = RunLock(out_dir)
+            warning = lock.acquire()
+            if warning:
+                print(warning, file=sys.stderr)
+        result = Run(model_config, tc, tokenizer, device, d).train()
+        clean = True
+        return result
+    except Exception as err:
+        if d.enabled and is_lost_peer(err):
+            first = str(err).strip().splitlines()[0][:160] if str(err) else type(err).__name__
+            raise TrainingError(f"rank {d.rank}: another process of this run stopped "
+                                f"({first}); stopping too") from None
+        raise
     finally:
-        distributed.teardown(d)
+        if lock is not None:
+            lock.release()
+        distributed.teardown(d, clean)
 
 
-def _train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
-           device: torch.device, d: Distributed) -> dict[str, float]:
-    out_dir = Path(tc.out_dir)
-    if d.is_main:
-        prepare_out_dir(out_dir)
-    latest_path, best_path = out_dir / "latest.pt", out_dir / "best_model.pt"
-    if tc.resume and not latest_path.exists():
-        raise UserError(f"--resume: no checkpoint to resume from at {latest_path}")
-    if tc.fsdp and not d.enabled:
-        raise UserError("--fsdp shards across processes: start the run with torchrun")
-    dtype = resolve_dtype(tc.dtype, device)
-    ctx = autocast(device, dtype)
-    accumulation = resolve_accumulation(tc, model_config.block_size, d.world_size)
-    log = RunLog(out_dir / "train.log" if d.is_main else None)
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint."""
 
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    raw_model = GPT(model_config).to(device)
-    ckpt = None
-    if tc.resume:
-        ckpt = load_checkpoint(latest_path)
-        check_resumable(ckpt, model_config, tokenizer, tc)
-        if not tc.fsdp:
-            raw_model.load_state_dict(ckpt["model"])
-    elif tc.init_from:  # weights to start from; optimizer, step and data start fresh
-        raw_model.load_state_dict(load_checkpoint(tc.init_from)["model"])
-        log(f"initialised from {tc.init_from}")
-    model = distributed.wrap(raw_model, d, device, tc.fsdp)
-    optimizer = make_optimizer(raw_model, tc, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loader, val_batches, data_description = make_loaders(tc, tokenizer, model_config.block_size,
-                                                         accumulation, device, d)
-    byte_lengths = torch.tensor(tokenizer.token_byte_lengths())
-    step, best_val_loss, tokens_seen = 0, math.inf, 0
-    torch.manual_seed(tc.seed + d.rank)  # dropout differs across ranks
-    if ckpt is not None:
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    saved_step: int | None = None  # the step latest.pt holds, if there is one
+    good_steps: int = 0  # updates made by this process's run (skipped steps not counted)
+    bad_in_a_row: int = 0
+    last_loss: float = math.nan
+    config_changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Run:
+    """One training run: the model, optimizer, data and checkpoints, and the loop over steps."""
+
+    def __init__(self, model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer,
+                 device: torch.device, d: Distributed) -> None:
+        self.model_config, self.tc, self.tokenizer, self.device, self.d = \
+            model_config, tc, tokenizer, device, d
+        self.out_dir = Path(tc.out_dir)
+        self.latest_path = self.out_dir / "latest.pt"
+        self.best_path = self.out_dir / "best_model.pt"
+        if tc.resume and not self.latest_path.exists():
+            raise UserError(f"--resume: no checkpoint to resume from at {self.latest_path}")
+        if tc.fsdp and not d.enabled:
+            raise UserError("--fsdp shards across processes: start the run with torchrun")
+        self.dtype = resolve_dtype(tc.dtype, device)
+        self.ctx = autocast(device, self.dtype)
+        self.accumulation = resolve_accumulation(tc, model_config.block_size, d.world_size)
+        self.progress = Progress()
+        ckpt = load_checkpoint(self.latest_path) if tc.resume else None
+        changes = check_resumable(ckpt, model_config, tokenizer, tc) if ckpt else []
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
+        self.raw_model = GPT(model_config).to(device)
+        if d.is_main:
+            warning = check_room(self.out_dir, checkpoint_bytes(self.raw_model.num_params()))
+        self.log = RunLog(self.out_dir / "train.log" if d.is_main else None)
+        if d.is_main and warning:
+            self.log(warning)
+        if ckpt is not None and not tc.fsdp:
+            self.raw_model.load_state_dict(ckpt["model"])
+        elif ckpt is None and tc.init_from:  # weights to start from; the rest starts fresh
+            self.raw_model.load_state_dict(load_checkpoint(tc.init_from)["model"])
+            self.log(f"initialised from {tc.init_from}")
+        self.model = distributed.wrap(self.raw_model, d, device, tc.fsdp)
+        self.optimizer = make_optimizer(self.raw_model, tc, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.loader, self.val_batches, self.data_description = make_loaders(
+            tc, tokenizer, model_config.block_size, self.accumulation, device, d)
+        torch.manual_seed(tc.seed + d.rank)  # dropout differs across ranks
+        if ckpt is not None:
+            self.restore(ckpt, changes)
+        if tc.compile if tc.compile is not None else device.type == "cuda":
+            self.model = torch.compile(self.model)
+        self.byte_lengths = torch.tensor(tokenizer.token_byte_lengths())
+        self.tokens_per_step = (tc.batch_size * self.accumulation * model_config.block_size
+                                * d.world_size)
+
+    def restore(self, ckpt: dict[str, Any], changes: list[dict[str, Any]]) -> None:
+        """Continue where latest.pt stopped, applying (and recording) the changes allowed."""
+        tc, d, p = self.tc, self.d, self.progress
         if tc.fsdp:
-            distributed.load_full_state(raw_model, optimizer, ckpt["model"], ckpt["optimizer"],
-                                        fsdp=True)
+            distributed.load_full_state(self.raw_model, self.optimizer, ckpt["model"],
+                                        ckpt["optimizer"], fsdp=True)
         else:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state_dict(ckpt["data"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        apply_hyperparameters(self.optimizer, tc)  # the state carries the old ones
+        if self.scaler.is_enabled() and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["data"])
         if d.rank < len(ckpt["rng"]):  # a new rank (more processes than before) keeps its seed
             torch.set_rng_state(ckpt["rng"][d.rank]["torch"])
-            if device.type == "cuda" and "cuda" in ckpt["rng"][d.rank]:
-                torch.cuda.set_rng_state(ckpt["rng"][d.rank]["cuda"], device)
-        step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
-        tokens_seen = ckpt["tokens_seen"]
-        log(f"resumed from {latest_path} at step {step}")
-        del ckpt
-    if tc.compile if tc.compile is not None else device.type == "cuda":
-        model = torch.compile(model)
+            if self.device.type == "cuda" and "cuda" in ckpt["rng"][d.rank]:
+                torch.cuda.set_rng_state(ckpt["rng"][d.rank]["cuda"], self.device)
+        p.step, p.best_val_loss, p.tokens_seen = ckpt["step"], ckpt["best_val_loss"], \
+            ckpt["tokens_seen"]
+        p.saved_step = ckpt["step"]
+        p.config_changes = list(ckpt.get("config_changes", [])) + changes
+        self.log(f"resumed from {self.latest_path} at step {p.step}")
+        for change in changes:
+            self.log(f"resume: {change['field']} {change['from']} -> {change['to']}")
 
-    tokens_per_step = tc.batch_size * accumulation * model_config.block_size * d.world_size
-    flops_per_token = raw_model.flops_per_token()
-    peak = peak_flops(device)
-    log(f"model: {raw_model.num_params():,} parameters, {model_config}")
-    log(f"training: {tc}")
-    log(f"data: {data_description}; tokenizer {tokenizer.name} ({tokenizer.n_vocab:,} ids); "
-        f"validation: {len(val_batches)} batches")
-    log(f"device: {device} x {d.world_size} process(es), dtype {dtype_name(dtype)}, "
-        f"{tokens_per_step:,} tokens per step ({tc.batch_size} x {accumulation} x "
-        f"{model_config.block_size} x {d.world_size})")
-    writer = None
-    if tc.tensorboard and d.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir=str(out_dir), purge_step=step if step else None)
+    # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint_payload(with_training_state: bool) -> dict[str, Any] | None:
+    def payload(self, with_training_state: bool) -> dict[str, Any] | None:
         """Collective under FSDP/DDP: every rank must call it; rank 0 gets the payload."""
-        model_state, optimizer_state = distributed.full_state(raw_model, optimizer, tc.fsdp)
-        data_state = merge_states(distributed.gather(loader.state_dict(), d))
+        d, p = self.d, self.progress
+        model_state, optimizer_state = distributed.full_state(self.raw_model, self.optimizer,
+                                                              self.tc.fsdp)
+        data_state = merge_states(distributed.gather(self.loader.state_dict(), d))
         rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         rng_states = distributed.gather(rng, d)
         if not d.is_main:
             return None
-        payload = {"model_config": dataclasses.asdict(model_config),
-                   "train_config": dataclasses.asdict(tc), "tokenizer": tokenizer.spec(),
-                   "model": model_state, "step": step, "tokens_seen": tokens_seen,
-                   "best_val_loss": best_val_loss, "world_size": d.world_size}
+        payload = {"model_config": dataclasses.asdict(self.model_config),
+                   "train_config": dataclasses.asdict(self.tc),
+                   "tokenizer": self.tokenizer.spec(), "model": model_state, "step": p.step,
+                   "tokens_seen": p.tokens_seen, "best_val_loss": p.best_val_loss,
+                   "world_size": d.world_size, "config_changes": p.config_changes}
         if with_training_state:
-            payload.update(optimizer=optimizer_state, scaler=scaler.state_dict(),
+            payload.update(optimizer=optimizer_state, scaler=self.scaler.state_dict(),
                            data=data_state, rng=rng_states)
         return payload
 
-    def save(path: Path, with_training_state: bool = True) -> None:
-        payload = checkpoint_payload(with_training_state)
-        if payload is not None:
+    def write(self, path: Path, with_training_state: bool) -> None:
+        payload = self.payload(with_training_state)
+        if payload is None:
+            return
+        try:
             save_checkpoint(payload, path)
+        except CheckpointError as err:
+            saved = self.progress.saved_step
+            intact = f"the previous latest.pt (step {saved}) is intact" if saved is not None \
+                else "no latest.pt was written before"
+            raise TrainingError(f"{err}; {intact}") from None
 
-    def save_latest() -> None:
-        save(latest_path)
-        if tc.keep_checkpoints and d.is_main:  # a copy of latest.pt, then the oldest go
-            numbered = out_dir / f"ckpt_{step:07d}.pt"
-            tmp = numbered.with_name(f".{numbered.name}.tmp")
-            shutil.copyfile(latest_path, tmp)
-            os.replace(tmp, numbered)
-            for old in sorted(out_dir.glob("ckpt_*.pt"))[:-tc.keep_checkpoints]:
+    def save_latest(self) -> None:
+        """latest.pt (and a numbered copy with --keep_checkpoints), only of finite weights."""
+        p = self.progress
+        if not weights_finite(self.raw_model, self.d, self.device):
+            where = f"the last good checkpoint is {self.latest_path} (step {p.saved_step})" \
+                if p.saved_step is not None else "no checkpoint was written"
+            raise TrainingError(f"the weights are not finite after step {p.step} (training "
+                                f"diverged); {where}; try a lower --learning_rate")
+        self.write(self.latest_path, with_training_state=True)
+        p.saved_step = p.step
+        if self.tc.keep_checkpoints and self.d.is_main:  # a copy, then the oldest go
+            copy_atomically(self.latest_path, self.out_dir / f"ckpt_{p.step:07d}.pt")
+            for old in sorted(self.out_dir.glob("ckpt_*.pt"))[:-self.tc.keep_checkpoints]:
                 old.unlink()
 
-    profiler = start_profiler(tc.profile, out_dir / "profile", device) \
-        if tc.profile and d.is_main else None
-    stop = StopRequest()
-    sample_generator = torch.Generator(device=device)
-    progress = tqdm(total=tc.max_iters, initial=step, desc="training", unit="step",
-                    disable=None if d.is_main else True, dynamic_ncols=True)
-    last_loss, bad_in_a_row = math.nan, 0
-    timer, timed_steps = time.perf_counter(), 0  # throughput excludes evaluation and saving
-    saved_step = step
-    model.train()
-    try:
-        while step < tc.max_iters:
-            lr = learning_rate_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batches = [loader.next_batch() for _ in range(accumulation)]
-            result = optimizer_step(model, optimizer, scaler, batches, ctx, tc.grad_clip, d)
-            step += 1
-            tokens_seen += tokens_per_step
-            timed_steps += 1
-            if result.skipped:
-                bad_in_a_row += 1
-                log(f"warning: step {step}: non-finite loss or gradient (loss {result.loss}, "
-                    f"gradient norm {result.grad_norm}); update skipped")
-                if bad_in_a_row >= tc.max_bad_steps:
-                    raise TrainingError(
-                        f"stopping: {bad_in_a_row} non-finite steps in a row at step {step}; "
-                        f"the last good checkpoint (step {saved_step}) is in {latest_path}; try "
-                        "a lower --learning_rate or --dtype bf16")
-            else:
-                bad_in_a_row, last_loss = 0, result.loss
-            progress.update(1)
-            if profiler is not None:
-                profiler.step()
-                if profiler.step_num >= PROFILE_SKIP + tc.profile:
-                    profiler.stop()
-                    log(f"profile of {tc.profile} steps written to {out_dir / 'profile'} "
-                        f"(tensorboard --logdir {out_dir / 'profile'})")
+    def save_final(self) -> None:
+        """A run never ends without latest.pt of its last step: after a streak of skipped
+        steps (no update made) the weights are those of the last good update, saved with the
+        data position past the skipped batches. A run without one good update saves nothing."""
+        p = self.progress
+        if p.saved_step == p.step:
+            return
+        if p.good_steps == 0:
+            where = f"{self.latest_path} (step {p.saved_step}) is unchanged" \
+                if p.saved_step is not None else "nothing was saved"
+            raise TrainingError(f"no step of this run was finite ({p.bad_in_a_row} skipped); "
+                                f"{where}; try a lower --learning_rate or --dtype bf16")
+        self.save_latest()
+        if p.bad_in_a_row:
+            self.log(f"warning: the run ended on {p.bad_in_a_row} skipped steps; latest.pt "
+                     f"(step {p.step}) holds the weights of the last good update")
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, float]:
+        tc, d, p, log = self.tc, self.d, self.progress, self.log
+        self.log_header()
+        writer = None
+        if tc.tensorboard and d.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=p.step or None)
+        profiler = start_profiler(tc.profile, self.out_dir / "profile", self.device) \
+            if tc.profile and d.is_main else None
+        stop = StopRequest()
+        bar = tqdm(total=tc.max_iters, initial=p.step, desc="training", unit="step",
+                   disable=None if d.is_main else True, dynamic_ncols=True)
+        meter = Throughput(self.tokens_per_step)
+        self.model.train()
+        try:
+            while p.step < tc.max_iters:
+                lr = learning_rate_at(p.step, tc)
+                result = self.one_step(lr)
+                meter.count()
+                bar.update(1)
+                if profiler is not None and self.profile_step(profiler):
                     profiler = None
+                if p.step % tc.log_interval == 0 or p.step == tc.max_iters:
+                    self.log_step(result, lr, meter, bar, writer)
+                if p.step % tc.eval_interval == 0 or p.step == tc.max_iters:
+                    self.evaluate_and_sample(writer)
+                    meter.restart()
+                if p.step % tc.save_interval == 0 and p.bad_in_a_row == 0:
+                    self.save_latest()  # never replaces a good checkpoint during a bad streak
+                    meter.restart()
+                if distributed.any_rank(stop.requested, d, self.device):
+                    self.save_final()
+                    log(f"stopped at step {p.step}: {self.latest_path} saved; continue with "
+                        "--resume")
+                    break
+            else:
+                self.save_final()
+        finally:
+            self.loader.close()
+            if profiler is not None:
+                profiler.stop()
+            stop.restore()
+            bar.close()
+            if writer:
+                writer.close()
+        log(f"done: {p.step} steps, {p.tokens_seen:,} tokens, best val loss "
+            f"{p.best_val_loss:.4f}; {self.latest_path} holds step {p.saved_step}")
+        log.close()
+        return {"best_val_loss": p.best_val_loss, "final_loss": p.last_loss, "step": p.step}
 
-            if step % tc.log_interval == 0 or step == tc.max_iters:
-                elapsed = time.perf_counter() - timer
-                tokens_per_sec = tokens_per_step * timed_steps / elapsed
-                mfu = flops_per_token * tokens_per_sec / (peak * d.world_size) if peak else None
-                line = (f"step {step}/{tc.max_iters} | loss {result.loss:.4f} | lr {lr:.2e} | "
-                        f"grad norm {result.grad_norm:.3f} | {tokens_per_sec:,.0f} tok/s | "
-                        f"{1000 * elapsed / timed_steps:.0f} ms/step")
-                postfix = {"loss": f"{result.loss:.4f}", "tok/s": f"{tokens_per_sec:,.0f}"}
-                if mfu is not None:
-                    line += f" | MFU {100 * mfu:.1f}%"
-                    postfix["MFU"] = f"{100 * mfu:.1f}%"
-                log(line)
-                progress.set_postfix(postfix)
-                if writer:
-                    writer.add_scalar("train/loss", result.loss, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/grad_norm", result.grad_norm, step)
-                    writer.add_scalar("train/tokens_per_sec", tokens_per_sec, step)
-                    if mfu is not None:
-                        writer.add_scalar("train/mfu", mfu, step)
-                    if device.type == "cuda":
-                        writer.add_scalar("train/peak_memory_gb",
-                                          torch.cuda.max_memory_allocated(device) / 1e9, step)
-                timer, timed_steps = time.perf_counter(), 0
+    def log_header(self) -> None:
+        tc, d, log = self.tc, self.d, self.log
+        log(f"model: {self.raw_model.num_params():,} parameters, {self.model_config}")
+        log(f"training: {tc}")
+        log(f"data: {self.data_description}; tokenizer {self.tokenizer.name} "
+            f"({self.tokenizer.n_vocab:,} ids); validation: {len(self.val_batches)} batches")
+        log(f"device: {self.device} x {d.world_size} process(es), dtype "
+            f"{dtype_name(self.dtype)}, {self.tokens_per_step:,} tokens per step "
+            f"({tc.batch_size} x {self.accumulation} x {self.model_config.block_size} x "
+            f"{d.world_size})")
 
-            if step % tc.eval_interval == 0 or step == tc.max_iters:
-                val_loss, val_bpb = evaluate(model, val_batches, ctx, byte_lengths, d)
-                log(f"step {step}: val loss {val_loss:.4f} | val bits/byte {val_bpb:.4f}")
-                if writer:
-                    writer.add_scalar("val/loss", val_loss, step)
-                    writer.add_scalar("val/bpb", val_bpb, step)
-                if tc.sample_tokens:  # on every rank: under FSDP each forward is collective
-                    sample_generator.manual_seed(tc.seed)
-                    with ctx:
-                        ids = generate_ids(raw_model, [tokenizer.eot_id], tc.sample_tokens,
-                                           temperature=0.8, top_k=200,
-                                           generator=sample_generator)[0]
-                    log(f"sample: {tokenizer.decode(ids)!r}")
-                if val_loss < best_val_loss:
-                    best_val_loss = val_loss
-                    save(best_path, with_training_state=False)
-                timer, timed_steps = time.perf_counter(), 0
+    def one_step(self, lr: float) -> StepResult:
+        p = self.progress
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [self.loader.next_batch() for _ in range(self.accumulation)]
+        result = optimizer_step(self.model, self.optimizer, self.scaler, batches, self.ctx,
+                                self.tc.grad_clip, self.d)
+        p.step += 1
+        p.tokens_seen += self.tokens_per_step
+        if not result.skipped:
+            p.good_steps, p.bad_in_a_row, p.last_loss = p.good_steps + 1, 0, result.loss
+            return result
+        p.bad_in_a_row += 1
+        self.log(f"warning: step {p.step}: non-finite loss or gradient (loss {result.loss}, "
+                 f"gradient norm {result.grad_norm}); update skipped")
+        if p.bad_in_a_row >= self.tc.max_bad_steps:
+            where = f"the last good checkpoint is {self.latest_path} (step {p.saved_step})" \
+                if p.saved_step is not None else "no checkpoint was written"
+            raise TrainingError(f"stopping: {p.bad_in_a_row} non-finite steps in a row at step "
+                                f"{p.step}; {where}; try a lower --learning_rate or --dtype "
+                                "bf16")
+        return result
 
-            due = step % tc.save_interval == 0 or step == tc.max_iters
-            if due and bad_in_a_row == 0:  # never replace a good checkpoint during a bad streak
-                save_latest()
-                saved_step = step
-                timer, timed_steps = time.perf_counter(), 0
-            if distributed.any_rank(stop.requested, d, device):
-                if saved_step != step:
-                    save_latest()
-                    saved_step = step
-                log(f"stopped at step {step}: {latest_path} saved; continue with --resume")
-                break
-    finally:
-        loader.close()
-        if profiler is not None:
-            profiler.stop()
-        stop.restore()
-        progress.close()
+    def profile_step(self, profiler) -> bool:
+        """Advance the profiler; True once it has written its trace."""
+        profiler.step()
+        if profiler.step_num < PROFILE_SKIP + self.tc.profile:
+            return False
+        profiler.stop()
+        folder = self.out_dir / "profile"
+        self.log(f"profile of {self.tc.profile} steps written to {folder} "
+                 f"(tensorboard --logdir {folder})")
+        return True
+
+    def log_step(self, result: StepResult, lr: float, meter: Throughput, bar, writer) -> None:
+        p, tc = self.progress, self.tc
+        tokens_per_sec, ms_per_step = meter.read()
+        peak = peak_flops(self.device)
+        mfu = self.raw_model.flops_per_token() * tokens_per_sec / (peak * self.d.world_size) \
+            if peak else None
+        line = (f"step {p.step}/{tc.max_iters} | loss {result.loss:.4f} | lr {lr:.2e} | "
+                f"grad norm {result.grad_norm:.3f} | {tokens_per_sec:,.0f} tok/s | "
+                f"{ms_per_step:.0f} ms/step")
+        postfix = {"loss": f"{result.loss:.4f}", "tok/s": f"{tokens_per_sec:,.0f}"}
+        if mfu is not None:
+            line += f" | MFU {100 * mfu:.1f}%"
+            postfix["MFU"] = f"{100 * mfu:.1f}%"
+        self.log(line)
+        bar.set_postfix(postfix)
         if writer:
-            writer.close()
-    log(f"done: {step} steps, {tokens_seen:,} tokens, best val loss {best_val_loss:.4f}; "
-        f"checkpoints in {out_dir}")
-    log.close()
-    return {"best_val_loss": best_val_loss, "final_loss": last_loss, "step": step}
+            scalars = {"train/loss": result.loss, "train/lr": lr,
+                       "train/grad_norm": result.grad_norm, "train/tokens_per_sec": tokens_per_sec}
+            if mfu is not None:
+                scalars["train/mfu"] = mfu
+            if self.device.type == "cuda":
+                scalars["train/peak_memory_gb"] = \
+                    torch.cuda.max_memory_allocated(self.device) / 1e9
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, p.step)
+        meter.restart()
+
+    def evaluate_and_sample(self, writer) -> None:
+        p, tc = self.progress, self.tc
+        val_loss, val_bpb = evaluate(self.model, self.val_batches, self.ctx, self.byte_lengths,
+                                     self.d)
+        self.log(f"step {p.step}: val loss {val_loss:.4f} | val bits/byte {val_bpb:.4f}")
+        if writer:
+            writer.add_scalar("val/loss", val_loss, p.step)
+            writer.add_scalar("val/bpb", val_bpb, p.step)
+        if tc.sample_tokens:  # on every rank: under FSDP each forward is collective
+            generator = torch.Generator(device=self.device).manual_seed(tc.seed)
+            with self.ctx:
+                ids = generate_ids(self.raw_model, [self.tokenizer.eot_id], tc.sample_tokens,
+                                   temperature=0.8, top_k=200, generator=generator)[0]
+            self.log(f"sample: {self.tokenizer.decode(ids)!r}")
+        if val_loss < p.best_val_loss:
+            p.best_val_loss = val_loss
+            self.write(self.best_path, with_training_state=False)
+
+
+class Throughput:
+    """Tokens per second over the steps since the last restart (evaluation and saving left
+    out, by restarting after them)."""
+
+    def __init__(self, tokens_per_step: int) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def count(self) -> None:
+        self.steps += 1
+
+    def read(self) -> tuple[float, float]:
+        """(tokens per second, milliseconds per step)."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        steps = max(self.steps, 1)
+        return self.tokens_per_step * steps / elapsed, 1000 * elapsed / steps

@@ -24,11 +24,11 @@ import torch
 from hugging_face.weights import to_hf_config
 from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
 from models.estimate import meta_model
-from scripts.benchmark_data import loader_rows
+from scripts.benchmark_data import speed_rows
 from scripts.benchmark_generation import generation_row, random_checkpoint
 from scripts.benchmark_tokenizers import benchmark_documents, measure
 from tokenization.tokenizer import byte_tokenizer, get_tokenizer
-from transformer_setup.cli import ArgumentParser, run_main
+from transformer_setup.cli import ArgumentParser, positive_int, run_main
 from transformer_setup.params import build_configs
 from transformer_setup.transformer import GPT
 
@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--preset", default="1b")
-    parser.add_argument("--n_layer", type=int, default=None, help="default: 2 on CPU")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: 4 on CPU, 16 GPU")
-    parser.add_argument("--block_size", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--n_layer", type=positive_int, default=None, help="default: 2 on CPU")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="default: 4 on CPU, 16 GPU")
+    parser.add_argument("--block_size", type=positive_int, default=None)
+    parser.add_argument("--steps", type=positive_int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"{preset}, {n_layer or 2} layers")
         rows.append({"section": "generate", "name": "ours vs transformers generate", **row})
     if "data" in args.sections:
-        for row in loader_rows("pydocs", "bytes" if args.small else "gpt2", batch,
+        for row in speed_rows("pydocs", "bytes" if args.small else "gpt2", batch,
                                block or 1024, 0.5 if args.small else 5.0,
                                [0] if args.small else [0, 2]):
             rows.append({"section": "data", "name": row.pop("loader"), **row})

@@ -29,7 +29,13 @@ from data import prepare
 from data.loader import PreparedLoader, StreamingLoader, take_batches
 from data.sources import get_source
 from tokenization.tokenizer import get_tokenizer
-from transformer_setup.cli import ArgumentParser, run_main
+from transformer_setup.cli import (
+    ArgumentParser,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 
 SECTIONS = ("speed", "resume", "amplification")
 
@@ -152,14 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="pydocs")
     parser.add_argument("--tokenizer", default="gpt2")
-    parser.add_argument("--batch_size", type=int, default=72)
-    parser.add_argument("--block_size", type=int, default=1024)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--batch_size", type=positive_int, default=72)
+    parser.add_argument("--block_size", type=positive_int, default=1024)
+    parser.add_argument("--seconds", type=positive_float, default=10.0)
+    parser.add_argument("--workers", type=nonnegative_int, nargs="+", default=[0, 1, 2],
                         help="streaming worker counts to measure")
-    parser.add_argument("--documents", type=int, default=100_000,
+    parser.add_argument("--documents", type=positive_int, default=100_000,
                         help="documents in the generated parquet folder (resume)")
-    parser.add_argument("--ranks", type=int, default=8, help="simulated ranks (amplification)")
+    parser.add_argument("--ranks", type=positive_int, default=8,
+                        help="simulated ranks (amplification)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ from models.checkpoint import load_checkpoint
 from models.device import autocast, resolve_device, resolve_dtype
 from models.generate import generate_ids
 from tokenization.tokenizer import byte_tokenizer
-from transformer_setup.cli import ArgumentParser, UserError, run_main
+from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
 from transformer_setup.params import build_configs
 from transformer_setup.transformer import GPT
 
@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--preset", default="1b")
-    parser.add_argument("--n_layer", type=int, default=2)
-    parser.add_argument("--prompt_tokens", type=int, default=32)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--n_layer", type=positive_int, default=2)
+    parser.add_argument("--prompt_tokens", type=positive_int, default=32)
+    parser.add_argument("--new_tokens", type=positive_int, default=64)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", action="store_true")

@@ -20,7 +20,7 @@ from pathlib import Path
 from data.sources import get_source
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from tokenization.train_tokenizer import train_bpe
-from transformer_setup.cli import ArgumentParser, run_main
+from transformer_setup.cli import ArgumentParser, positive_int, run_main
 
 FIXTURE_TEXT = Path(__file__).resolve().parents[2] / "shared/fixtures/wikitext-2/test.txt"
 
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", action="append",
                         help="gpt2, bytes or a folder (repeatable); default: gpt2 and a "
                              "52k vocabulary trained here")
-    parser.add_argument("--max_chars", type=int, default=3_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--max_chars", type=positive_int, default=3_000_000)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = parser.parse_args(argv)
     docs = benchmark_documents(args.max_chars)

@@ -12,12 +12,13 @@ trains with it; both give the same ids, and ours encode through tiktoken at GPT-
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from tqdm import tqdm
 
 from data.sources import add_source_arguments, source_from_args
 from tokenization.tokenizer import EOT, GPT2_PATTERN, Tokenizer, TokenizerError, byte_decoder
-from transformer_setup.cli import ArgumentParser, run_main
+from transformer_setup.cli import ArgumentParser, positive_int, run_main
 
 MIN_VOCAB = 256 + 1  # every byte, plus <|endoftext|>
 
@@ -71,20 +72,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description="Train a byte-level BPE tokenizer (GPT-2 style).")
     parser.add_argument("--data", required=True,
                         help="a data source: pydocs, a local path or glob, a dataset name")
-    parser.add_argument("--vocab_size", type=int, default=52_000,
+    parser.add_argument("--vocab_size", type=positive_int, default=52_000,
                         help="ids in the vocabulary, <|endoftext|> included (default 52,000)")
     parser.add_argument("--out", required=True, help="folder to write the tokenizer into")
-    parser.add_argument("--max_chars", type=int, default=None,
+    parser.add_argument("--max_chars", type=positive_int, default=None,
                         help="stop reading after this many characters (default: all)")
-    parser.add_argument("--min_frequency", type=int, default=2,
+    parser.add_argument("--min_frequency", type=positive_int, default=2,
                         help="a pair must occur this often to be merged")
     add_source_arguments(parser)
     args = parser.parse_args(argv)
-    if args.max_chars is not None and args.max_chars <= 0:
-        parser.error("--max_chars must be positive")
     if args.vocab_size < MIN_VOCAB:
         parser.error(f"--vocab_size must be at least {MIN_VOCAB} (256 bytes + {EOT})")
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder")
     source = source_from_args(args)
     with tqdm(desc="reading text", unit="char", unit_scale=True, disable=None) as progress:
         text = LimitedText(source.documents("train"), args.max_chars, progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -33,6 +34,28 @@ def parse_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _number(kind: type, test: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: parse with `kind`, refuse what fails `test` (NaN and inf included)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages and metavars
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+finite_float = _number(float, lambda v: True, "a finite number")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _field_type(cls: type, field: dataclasses.Field) -> type:

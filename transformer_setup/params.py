@@ -28,6 +28,14 @@ def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     _require(value in choices, f"{name} must be one of {', '.join(choices)} (got {value!r})")
 
 
+def _require_finite(obj: Any) -> None:
+    """NaN or inf make no sense for any field: a learning rate of inf is a typo, not a run."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{f.name} must be a finite number (got {value})")
+
+
 def _require_positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -59,6 +67,7 @@ class ModelConfig:
     attention: str = "auto"  # auto (flash-attn if usable, else SDPA) | flash | sdpa
 
     def __post_init__(self) -> None:
+        _require_finite(self)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.ffn_hidden is None:
@@ -141,6 +150,7 @@ class TrainConfig:
     init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer)
 
     def __post_init__(self) -> None:
+        _require_finite(self)
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
         _require_positive(self, "max_iters", "batch_size", "accumulation_steps", "eval_interval",

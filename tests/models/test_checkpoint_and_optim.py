@@ -1,6 +1,7 @@
 """Checkpoints (atomic, weights_only, self-contained) and the optimizer/schedule."""
 
 import dataclasses
+import errno
 
 import pytest
 import torch
@@ -42,15 +43,23 @@ def test_a_crash_mid_write_leaves_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "latest.pt"
     save_checkpoint(payload(model, 1), path)
 
-    def crash(obj, f, *args, **kwargs):
+    def full_disk(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", crash)
-    with pytest.raises(OSError):
+    def torn_write(obj, f, *args, **kwargs):  # how torch.save reports a failed write
+        f.write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 64")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=f"no space left on the device writing {path}"):
+        save_checkpoint(payload(model, 2), path)
+    monkeypatch.setattr(checkpoint_module.torch, "save", torn_write)
+    with pytest.raises(CheckpointError, match=f"unexpected pos 64 writing {path}"):
         save_checkpoint(payload(model, 2), path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temporary file left
 
 
 def test_loading_never_runs_code(tmp_path):

@@ -71,7 +71,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path):
     blocker.write_text("")
     result = run_script("models/gpt.py", "--preset", "tiny", "--out_dir", str(blocker / "out"),
                         cwd=tmp_path)
-    assert_one_line_error(result, "not writable")
+    assert_one_line_error(result, "cannot create", "Not a directory")
 
 
 def logged_losses(stdout: str) -> list[float]:
