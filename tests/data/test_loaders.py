@@ -22,7 +22,7 @@ from data.loader import (
 )
 from data.shards import read_header, read_prepared
 from data.sources import DataError, FileSource, Source, get_source
-from tests.helpers import assert_one_line_error, run_script
+from tests.helpers import run_script
 from tokenization.tokenizer import EOT, Tokenizer, byte_tokenizer
 
 
@@ -368,12 +368,6 @@ def test_training_reads_prepared_shards(tmp_path):
                        "--tokenizer", "gpt2", "--out_dir", str(tmp_path / "run2"), cwd=tmp_path,
                        env={**os.environ, "GPT2_TIKTOKEN_FILE": str(tmp_path / "x")})
     assert wrong.returncode != 0
-
-
-def test_prepare_bad_input(tmp_path):
-    result = run_script("data/prepare.py", "--data", str(tmp_path / "none*.txt"), "--tokenizer",
-                        "bytes", "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert_one_line_error(result, "matches no files")
 
 
 def rss_bytes() -> int:

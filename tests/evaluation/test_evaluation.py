@@ -103,15 +103,6 @@ def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_pa
     assert folder["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
 
 
-def test_perplexity_bad_input(quickstart, tmp_path):
-    out_dir, _ = quickstart
-    ckpt = str(out_dir / "best_model.pt")
-    assert_one_line_error(run_script("evaluation/eval_perplexity.py", ckpt, "--data", "pydocs",
-                                     "--stride", "999", cwd=tmp_path), "--stride")
-    assert_one_line_error(run_script("evaluation/eval_perplexity.py", str(tmp_path / "no.pt"),
-                                     "--data", "pydocs", cwd=tmp_path), "checkpoint not found")
-
-
 def scrambled(text: str, shift: int) -> str:
     """Gibberish of exactly the same length: letters rotated, spaces and dots kept."""
     return "".join(chr((ord(c) - 97 + shift) % 26 + 97) if c.isalpha() else c
