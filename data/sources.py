@@ -45,7 +45,11 @@ from transformer_setup.cli import UserError
 SPLITS = ("train", "val", "test", "all")
 VAL_PERCENT = 5
 MAX_VAL_UNITS = 16  # enough held-out text for any eval_iters x global batch we ship
-TARGET_UNITS = 256  # small sources are cut finer so that a batch's rows read different text
+# Small sources are cut finer so that every row of a global batch (288 for the 1b preset) reads
+# different text: text and jsonl into about TARGET_UNITS byte ranges, parquet row groups into
+# slices while a source has fewer than SLICE_BELOW row groups (each slice decodes its row group).
+TARGET_UNITS = 4096
+SLICE_BELOW = 1024
 MIN_UNIT_BYTES = 1 << 10
 MAX_UNIT_BYTES = 8 << 20  # what one packing lane holds decoded, at most (text and jsonl)
 BOUNDARY_SEARCH = 1 << 20  # how far a byte-range boundary looks for the next line start
@@ -279,7 +283,7 @@ class FileSource(Source):
         text_bytes = sum(sizes.values()) + sum(
             self._text_bytes(m, rg) for m in metadata.values() for rg in range(m.num_row_groups))
         unit_bytes = _unit_bytes(text_bytes)
-        may_slice = sum(m.num_row_groups for m in metadata.values()) < TARGET_UNITS
+        may_slice = sum(m.num_row_groups for m in metadata.values()) < SLICE_BELOW
 
         def file_units(f: str) -> list[Unit]:
             if f in metadata:
@@ -335,9 +339,9 @@ class FileSource(Source):
         return group.column(names.index(self.text_field)).total_uncompressed_size
 
     def _row_group_units(self, path: str, meta, unit_bytes: int, may_slice: bool) -> list[Unit]:
-        """A unit per row group. In a source of fewer than TARGET_UNITS row groups, a row group
+        """A unit per row group. In a source of fewer than SLICE_BELOW row groups, a row group
         of many bytes becomes slices of rows, so that even one big row group gives a batch's rows
-        different text (its slices are decoded once per process, see _read_row_group)."""
+        different text (see _read_row_group for what that costs)."""
         units = []
         for rg in range(meta.num_row_groups):
             rows, size = meta.row_group(rg).num_rows, self._text_bytes(meta, rg)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from transformer_setup.cli import UserError
 from transformer_setup.params import ModelConfig
 from transformer_setup.transformer import GPT, LOSS_CHUNK_TOKENS
 
@@ -26,7 +27,8 @@ def activation_bytes_per_token_per_layer(config: ModelConfig, act_bytes: int) ->
     C, F = config.n_embd, config.ffn_hidden
     kv = config.n_kv_head * config.head_dim
     residual_inputs = 2 * 4 * C  # inputs of the two norms
-    attention = act_bytes * (C + (C + 2 * kv) + C)  # qkv input; q, k, v; attention output
+    # qkv input; the q|k|v output (kept whole by the v view); q and k after RoPE; attention out
+    attention = act_bytes * (C + (C + 2 * kv) + (C + kv) + C)
     if config.mlp == "swiglu":
         mlp = act_bytes * (C + 2 * F + F + F)  # up input; gate|up; silu(gate); product
     else:
@@ -46,29 +48,75 @@ class MemoryEstimate:
         return self.weights_and_optimizer + self.activations + self.logits
 
 
+def selective_bytes_per_token_per_layer(config: ModelConfig, act_bytes: int) -> int:
+    """What a block under selective checkpointing keeps: its input and its matmul and
+    attention outputs (norms, activations and RoPE are recomputed)."""
+    C, F = config.n_embd, config.ffn_hidden
+    kv = config.n_kv_head * config.head_dim
+    up = 2 * F if config.mlp == "swiglu" else F
+    return 4 * C + act_bytes * ((C + 2 * kv) + C + C + up + C)  # qkv, attn, out, up, down
+
+
 def training_memory(config: ModelConfig, n_params: int, micro_batch: int,
                     dtype: torch.dtype) -> MemoryEstimate:
     tokens = micro_batch * config.block_size
     act_bytes = torch.finfo(dtype).bits // 8
     per_layer = activation_bytes_per_token_per_layer(config, act_bytes)
-    if config.gradient_checkpointing:  # each block's input, plus one block recomputed
-        activations = tokens * (config.n_layer * 4 * config.n_embd + per_layer)
+    if config.gradient_checkpointing:  # checkpointed blocks keep less; one is rebuilt at a time
+        checkpointed = len(range(0, config.n_layer, config.checkpoint_every))
+        kept = selective_bytes_per_token_per_layer(config, act_bytes) \
+            if config.checkpoint_selective else 4 * config.n_embd
+        activations = tokens * (checkpointed * kept + (config.n_layer - checkpointed) * per_layer
+                                + per_layer)
     else:
         activations = tokens * config.n_layer * per_layer
-    # Logits in the autocast dtype, their fp32 copy for the loss, and its gradient: for one
+    # Under autocast each matmul's weight is cast once per forward and the copy kept for
+    # backward: half the fp32 weights' size again.
+    activations += n_params * act_bytes if act_bytes < 4 else 0
+    # Logits in the autocast dtype, their fp32 copy, its log-softmax and its gradient: for one
     # chunk of the loss at a time (see chunked_cross_entropy).
-    logits_bytes = (act_bytes + 4 + 4) if act_bytes != 4 else (4 + 4)
+    logits_bytes = (act_bytes if act_bytes != 4 else 0) + 4 + 4 + 4
     return MemoryEstimate(weights_and_optimizer=16 * n_params, activations=activations,
                           logits=min(tokens, LOSS_CHUNK_TOKENS) * config.padded_vocab_size *
                           logits_bytes)
 
 
 def largest_micro_batch(config: ModelConfig, n_params: int, dtype: torch.dtype,
-                        memory_bytes: float, headroom: float = 0.9, limit: int = 4096) -> int:
-    """The largest micro-batch whose estimate fits in headroom x memory (0 if none does)."""
+                        memory_bytes: float, headroom: float = 0.9, limit: int = 4096,
+                        divides: int | None = None) -> int:
+    """The largest micro-batch whose estimate fits in headroom x memory (0 if none does); with
+    `divides`, only micro-batches that divide it (the rows of a process's global batch)."""
     best = 0
-    for batch in range(1, limit + 1):
+    for batch in range(1, (divides or limit) + 1):
         if training_memory(config, n_params, batch, dtype).total > headroom * memory_bytes:
             break
-        best = batch
+        if divides is None or divides % batch == 0:
+            best = batch
+    return best
+
+
+def device_memory_bytes(device: torch.device, assumed_gb: float) -> float:
+    """The GPU's memory, or the size assumed for sizing a GPU run from a machine without one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return assumed_gb * 1e9
+
+
+def auto_micro_batch(config: ModelConfig, global_batch_tokens: int | None, world_size: int,
+                     dtype: torch.dtype, memory_bytes: float) -> int:
+    """`--batch_size auto`: the largest micro-batch the estimate fits in memory, among those
+    that divide each process's share of the global batch (when one is fixed)."""
+    rows = None
+    if global_batch_tokens is not None:
+        per_process = config.block_size * world_size
+        if global_batch_tokens % per_process:
+            raise UserError(f"global_batch_tokens {global_batch_tokens:,} is not a multiple of "
+                            f"block_size x processes = {per_process:,}")
+        rows = global_batch_tokens // per_process
+    n_params = meta_model(config).num_params()
+    best = largest_micro_batch(config, n_params, dtype, memory_bytes, divides=rows)
+    if best == 0:
+        raise UserError(f"no micro-batch fits {memory_bytes / 1e9:.0f} GB by the memory "
+                        "estimate; add --gradient_checkpointing (or --checkpoint_selective) or "
+                        "give --batch_size")
     return best

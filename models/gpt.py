@@ -19,11 +19,23 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.device import dtype_name, resolve_device, resolve_dtype
-from models.estimate import largest_micro_batch, meta_model, training_memory
+from models.estimate import (
+    auto_micro_batch,
+    device_memory_bytes,
+    largest_micro_batch,
+    meta_model,
+    training_memory,
+)
 from models.trainer import train
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, add_dataclass_arguments, run_main
-from transformer_setup.params import ModelConfig, TrainConfig, build_configs, config_from_dict
+from transformer_setup.params import (
+    RUNTIME_FIELDS,
+    ModelConfig,
+    TrainConfig,
+    build_configs,
+    config_from_dict,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any]]:
@@ -42,42 +54,55 @@ def gigabytes(n_bytes: float) -> str:
 
 
 def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
-    """Print what the run would cost, without allocating a single weight."""
+    """Print what the run would cost on one process, without allocating a single weight."""
+    tc = train_config
     model = meta_model(model_config)
     n_params = model.num_params()
-    device = resolve_device(train_config.device)
-    dtype = resolve_dtype(train_config.dtype, device)
+    device = resolve_device(tc.device)
+    dtype = resolve_dtype(tc.dtype, device)
     assumed = ""
-    if train_config.dtype == "auto" and device.type != "cuda":  # sizing a GPU run from a laptop
+    if tc.dtype == "auto" and device.type != "cuda":  # sizing a GPU run from a laptop
         dtype, assumed = torch.bfloat16, " (auto on a GPU)"
-    memory = training_memory(model_config, n_params, train_config.batch_size, dtype)
-    flops = model.flops_per_token()
-    tokens_per_step = (train_config.batch_size * train_config.accumulation_steps
-                       * model_config.block_size)
+    memory_bytes = device_memory_bytes(device, tc.gpu_memory_gb)
+    batch = tc.batch_size or auto_micro_batch(model_config, tc.global_batch_tokens, 1, dtype,
+                                              memory_bytes)
+    accumulation = tc.accumulation_steps if tc.global_batch_tokens is None else \
+        tc.global_batch_tokens // (batch * model_config.block_size)
+    tokens = batch * model_config.block_size
+    memory = training_memory(model_config, n_params, batch, dtype)
+    flops, recomputed = model.flops_per_token(), model.recomputed_flops_per_token(tokens)
     print(f"parameters: {n_params:,}")
-    print(f"FLOPs per token (training, forward+backward): {flops:,} ({flops / 1e9:.2f} GFLOP)")
-    print(f"tokens per optimizer step: {tokens_per_step:,} "
-          f"({train_config.batch_size} x {train_config.accumulation_steps} x "
-          f"{model_config.block_size})")
-    checkpointing = ", gradient checkpointing" if model_config.gradient_checkpointing else ""
-    print(f"training memory estimate per process (micro-batch {train_config.batch_size}, "
+    print(f"FLOPs per token (training, forward+backward): {flops:,} ({flops / 1e9:.2f} GFLOP); "
+          f"recomputed in backward: {recomputed / 1e9:.2f} GFLOP (+{100 * recomputed / flops:.1f}%"
+          f", counted by HFU, not MFU)")
+    auto = " (auto: the largest that fits and divides the global batch)" \
+        if tc.batch_size is None else ""
+    print(f"tokens per optimizer step: {tokens * accumulation:,} ({batch} x {accumulation} x "
+          f"{model_config.block_size}); micro-batch {batch}{auto}")
+    checkpointing = ""
+    if model_config.gradient_checkpointing:
+        checkpointing = ", selective checkpointing" if model_config.checkpoint_selective else \
+            ", gradient checkpointing"
+        if model_config.checkpoint_every > 1:
+            checkpointing += f" of every {model_config.checkpoint_every} blocks"
+    print(f"training memory estimate per process (micro-batch {batch}, "
           f"{dtype_name(dtype)}{assumed}{checkpointing}): {gigabytes(memory.total)} = "
           f"weights+grads+AdamW {gigabytes(memory.weights_and_optimizer)} + activations "
           f"{gigabytes(memory.activations)} + logits {gigabytes(memory.logits)}")
-    memory_bytes = train_config.gpu_memory_gb * 1e9
-    fits = {ckpt: largest_micro_batch(dataclasses.replace(model_config,
-                                                          gradient_checkpointing=ckpt),
-                                      n_params, dtype, memory_bytes) for ckpt in (False, True)}
-    print(f"largest micro-batch for {train_config.gpu_memory_gb:g} GB (90% used): "
-          f"{fits[False]} without gradient checkpointing, {fits[True]} with")
-    seconds_per_token = flops / (train_config.gpu_tflops * 1e12 * train_config.assumed_mfu)
-    print(f"estimated speed on a {train_config.gpu_tflops:g} TFLOP/s GPU at "
-          f"{100 * train_config.assumed_mfu:g}% MFU: {1 / seconds_per_token:,.0f} tokens/s "
+    policies = {"without gradient checkpointing": dict(gradient_checkpointing=False),
+                "with selective": dict(gradient_checkpointing=True, checkpoint_selective=True),
+                "with full": dict(gradient_checkpointing=True, checkpoint_selective=False,
+                                  checkpoint_every=1)}
+    fits = []
+    for name, fields in policies.items():
+        config = dataclasses.replace(model_config, **fields)
+        fits.append(f"{largest_micro_batch(config, n_params, dtype, memory_bytes)} {name}")
+    print(f"largest micro-batch for {memory_bytes / 1e9:g} GB (90% used): {', '.join(fits)}")
+    seconds_per_token = flops / (tc.gpu_tflops * 1e12 * tc.assumed_mfu)
+    print(f"estimated speed on a {tc.gpu_tflops:g} TFLOP/s GPU at "
+          f"{100 * tc.assumed_mfu:g}% MFU: {1 / seconds_per_token:,.0f} tokens/s "
           f"({1e6 * seconds_per_token:.2f} us per token; "
-          f"{seconds_per_token * tokens_per_step:.2f} s per optimizer step)")
-
-
-RUNTIME_FIELDS = ("dropout", "gradient_checkpointing", "attention")  # not part of the weights
+          f"{seconds_per_token * tokens * accumulation:.2f} s per optimizer step)")
 
 
 def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:

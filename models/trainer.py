@@ -40,12 +40,13 @@ from models import distributed
 from models.checkpoint import CheckpointError, copy_atomically, load_checkpoint, save_checkpoint
 from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
 from models.distributed import Distributed
+from models.estimate import auto_micro_batch, device_memory_bytes
 from models.generate import generate_ids
 from models.optim import apply_hyperparameters, learning_rate_at, make_optimizer
 from models.run_dir import RunLock, check_room, checkpoint_bytes
 from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import UserError
-from transformer_setup.params import ModelConfig, TrainConfig
+from transformer_setup.params import RUNTIME_FIELDS, ModelConfig, TrainConfig
 from transformer_setup.transformer import GPT
 
 
@@ -183,9 +184,8 @@ def check_resumable(ckpt: dict[str, Any], model_config: ModelConfig, tokenizer: 
         raise CheckpointError("cannot resume from a weights-only checkpoint (best_model.pt); "
                               "use latest.pt")
     saved = ckpt["model_config"]
-    runtime = {"attention", "gradient_checkpointing", "dropout"}  # do not change the weights
     for key, value in dataclasses.asdict(model_config).items():
-        if key not in runtime and saved.get(key) != value:
+        if key not in RUNTIME_FIELDS and saved.get(key) != value:
             raise CheckpointError(f"cannot resume: {key} is {saved.get(key)!r} in the "
                                   f"checkpoint but {value!r} now")
     if ckpt["tokenizer"] != tokenizer.spec():
@@ -337,17 +337,26 @@ class Run:
             raise UserError("--fsdp shards across processes: start the run with torchrun")
         self.dtype = resolve_dtype(tc.dtype, device)
         self.ctx = autocast(device, self.dtype)
+        auto_batch = tc.batch_size is None
+        if auto_batch:
+            memory = device_memory_bytes(device, tc.gpu_memory_gb)
+            tc = self.tc = dataclasses.replace(tc, batch_size=auto_micro_batch(
+                model_config, tc.global_batch_tokens, d.world_size, self.dtype, memory))
         self.accumulation = resolve_accumulation(tc, model_config.block_size, d.world_size)
         self.progress = Progress()
         ckpt = load_checkpoint(self.latest_path) if tc.resume else None
         changes = check_resumable(ckpt, model_config, tokenizer, tc) if ckpt else []
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.raw_model = GPT(model_config).to(device)
+        warning = None
         if d.is_main:
             warning = check_room(self.out_dir, checkpoint_bytes(self.raw_model.num_params()))
         self.log = RunLog(self.out_dir / "train.log" if d.is_main else None)
         if d.is_main and warning:
             self.log(warning)
+        if auto_batch:
+            self.log(f"micro-batch: {tc.batch_size} (auto: the largest the memory estimate fits "
+                     f"in {memory / 1e9:.0f} GB that divides the global batch)")
         if ckpt is not None and not tc.fsdp:
             self.raw_model.load_state_dict(ckpt["model"])
         elif ckpt is None and tc.init_from:  # weights to start from; the rest starts fresh
@@ -474,6 +483,7 @@ class Run:
         bar = tqdm(total=tc.max_iters, initial=p.step, desc="training", unit="step",
                    disable=None if d.is_main else True, dynamic_ncols=True)
         meter = Throughput(self.tokens_per_step)
+        first_step = True
         self.model.train()
         try:
             while p.step < tc.max_iters:
@@ -481,6 +491,12 @@ class Run:
                 result = self.one_step(lr)
                 meter.count()
                 bar.update(1)
+                if first_step:  # compilation and warm-up: reported apart, not in throughput
+                    seconds = meter.read()[1] / 1000
+                    log(f"first step: {seconds:.1f} s (compilation and warm-up included; "
+                        "throughput counts from the next step)")
+                    meter.restart()
+                    first_step = False
                 if profiler is not None and self.profile_step(profiler):
                     profiler = None
                 if p.step % tc.log_interval == 0 or p.step == tc.max_iters:
@@ -556,26 +572,41 @@ class Run:
                  f"(tensorboard --logdir {folder})")
         return True
 
+    def utilization(self, tokens_per_sec: float) -> tuple[float, float] | None:
+        """(MFU, HFU) on GPUs of known peak: model FLOPs, and those plus what recomputation
+        does again, per second over the peak of all processes' GPUs."""
+        peak = peak_flops(self.device)
+        if not peak or tokens_per_sec <= 0:
+            return None
+        model_flops = self.raw_model.flops_per_token()
+        extra = self.raw_model.recomputed_flops_per_token(self.tc.batch_size *
+                                                          self.model_config.block_size)
+        per_second = tokens_per_sec / (peak * self.d.world_size)
+        return model_flops * per_second, (model_flops + extra) * per_second
+
     def log_step(self, result: StepResult, lr: float, meter: Throughput, bar, writer) -> None:
         p, tc = self.progress, self.tc
         tokens_per_sec, ms_per_step = meter.read()
-        peak = peak_flops(self.device)
-        mfu = self.raw_model.flops_per_token() * tokens_per_sec / (peak * self.d.world_size) \
-            if peak else None
+        utilization = self.utilization(tokens_per_sec)
         line = (f"step {p.step}/{tc.max_iters} | loss {result.loss:.4f} | lr {lr:.2e} | "
-                f"grad norm {result.grad_norm:.3f} | {tokens_per_sec:,.0f} tok/s | "
-                f"{ms_per_step:.0f} ms/step")
-        postfix = {"loss": f"{result.loss:.4f}", "tok/s": f"{tokens_per_sec:,.0f}"}
-        if mfu is not None:
-            line += f" | MFU {100 * mfu:.1f}%"
+                f"grad norm {result.grad_norm:.3f}")
+        postfix = {"loss": f"{result.loss:.4f}"}
+        if meter.steps:  # none right after the first step, which is reported on its own
+            line += f" | {tokens_per_sec:,.0f} tok/s | {ms_per_step:.0f} ms/step"
+            postfix["tok/s"] = f"{tokens_per_sec:,.0f}"
+        if utilization is not None:
+            mfu, hfu = utilization
+            line += f" | MFU {100 * mfu:.1f}% | HFU {100 * hfu:.1f}%"
             postfix["MFU"] = f"{100 * mfu:.1f}%"
         self.log(line)
         bar.set_postfix(postfix)
         if writer:
             scalars = {"train/loss": result.loss, "train/lr": lr,
-                       "train/grad_norm": result.grad_norm, "train/tokens_per_sec": tokens_per_sec}
-            if mfu is not None:
-                scalars["train/mfu"] = mfu
+                       "train/grad_norm": result.grad_norm}
+            if meter.steps:
+                scalars["train/tokens_per_sec"] = tokens_per_sec
+            if utilization is not None:
+                scalars["train/mfu"], scalars["train/hfu"] = utilization
             if self.device.type == "cuda":
                 scalars["train/peak_memory_gb"] = \
                     torch.cuda.max_memory_allocated(self.device) / 1e9
@@ -617,7 +648,8 @@ class Throughput:
         self.steps += 1
 
     def read(self) -> tuple[float, float]:
-        """(tokens per second, milliseconds per step)."""
+        """(tokens per second, milliseconds per step); zeros before the first counted step."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        steps = max(self.steps, 1)
-        return self.tokens_per_step * steps / elapsed, 1000 * elapsed / steps
+        if not self.steps:
+            return 0.0, 0.0
+        return self.tokens_per_step * self.steps / elapsed, 1000 * elapsed / self.steps

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from hugging_face.weights import to_hf_config
+from hugging_face.weights import to_hf_config, to_hf_state_dict
 from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
 from models.estimate import meta_model
 from scripts.benchmark_data import speed_rows
@@ -35,26 +35,45 @@ from transformer_setup.transformer import GPT
 SECTIONS = ("train", "generate", "data", "tokenizer")
 
 
+def twin_models(config, device: torch.device) -> tuple[GPT, torch.nn.Module]:
+    """Ours and transformers' LlamaForCausalLM of one shape, holding the same weights."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    ours = GPT(config).to(device)
+    theirs = LlamaForCausalLM(to_hf_config(config)).to(device)
+    theirs.load_state_dict(to_hf_state_dict(ours.state_dict(), config))
+    theirs.config.use_cache = False
+    return ours, theirs
+
+
+def same_targets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and our targets such that we score what transformers scores with labels=inputs:
+    it shifts labels inside, so the last position has no target (-1 for us)."""
+    inputs, targets = x[:, :-1], x[:, 1:].clone()
+    targets[:, -1] = -1
+    return inputs, targets
+
+
 def train_rows(preset: str, n_layer: int | None, batch_size: int, block_size: int | None,
                steps: int, repeat: int, device: torch.device, dtype: torch.dtype,
                compile_model: bool) -> list[dict]:
     """A training step of ours and of LlamaForCausalLM, same shape and dtype, alternating."""
-    from transformers import LlamaForCausalLM
-
     overrides = {k: v for k, v in (("n_layer", n_layer), ("block_size", block_size)) if v}
     config, _ = build_configs(preset, overrides)
     # Like for like: the same head (no padding) and no recomputation (the 1b preset's
     # gradient checkpointing would make ours do a third more work than transformers' model).
     config = dataclasses.replace(config, vocab_multiple=1, gradient_checkpointing=False)
-    torch.manual_seed(0)
-    ours = GPT(config).to(device)
-    theirs = LlamaForCausalLM(to_hf_config(config)).to(device)
-    theirs.config.use_cache = False
+    ours, theirs = twin_models(config, device)
     if compile_model:
         ours, theirs = torch.compile(ours), torch.compile(theirs)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size + 1), device=device)
+    inputs, targets = same_targets(x)
     ctx = autocast(device, dtype)
     fused = device.type == "cuda"
+    with torch.no_grad(), ctx:  # the two sides compute the same loss on the same targets
+        losses = (ours(inputs, targets).item(),
+                  theirs(input_ids=inputs, labels=inputs).loss.item())
 
     def make_step(model, loss_fn):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
@@ -68,9 +87,9 @@ def train_rows(preset: str, n_layer: int | None, batch_size: int, block_size: in
         return step
 
     steps_fn = {
-        "ours": make_step(ours, lambda m: m(x[:, :-1], x[:, 1:])),
-        "transformers Llama": make_step(theirs, lambda m: m(input_ids=x[:, :-1],
-                                                            labels=x[:, :-1]).loss),
+        "ours": make_step(ours, lambda m: m(inputs, targets)),
+        "transformers Llama": make_step(theirs, lambda m: m(input_ids=inputs,
+                                                            labels=inputs).loss),
     }
     best = {name: float("inf") for name in steps_fn}
     peak_mem = {}
@@ -95,6 +114,7 @@ def train_rows(preset: str, n_layer: int | None, batch_size: int, block_size: in
     return [{"section": "train", "name": "ours vs transformers Llama",
              "shape": f"{preset}, {config.n_layer} layers, batch {batch_size} x "
                       f"{config.block_size}, {dtype_name(dtype)}",
+             "ours_loss": losses[0], "transformers_loss": losses[1],
              "ours_tokens_per_s": ours_rate, "transformers_tokens_per_s": theirs_rate,
              "speedup": ours_rate / theirs_rate,
              "ours_mfu": flops * ours_rate / peak if peak else None,

@@ -58,12 +58,20 @@ positive_float = _number(float, lambda v: v > 0, "a positive number")
 probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
-def _field_type(cls: type, field: dataclasses.Field) -> type:
-    """The concrete type of a dataclass field (int for `int | None`)."""
+def _field_type(cls: type, field: dataclasses.Field) -> tuple[type, bool]:
+    """The concrete type of a dataclass field (int for `int | None`), and whether it takes None."""
     hint = typing.get_type_hints(cls)[field.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+        return next(a for a in typing.get_args(hint) if a is not type(None)), True
+    return hint, False
+
+
+def _or_none(kind: type) -> Callable[[str], Any]:
+    """`auto` or `none` for an optional field (its automatic choice), else a value of kind."""
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("auto", "none") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> set[str]:
@@ -74,15 +82,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: s
     group = parser.add_argument_group(title)
     names = set()
     for field in dataclasses.fields(cls):
-        kind = _field_type(cls, field)
+        kind, optional = _field_type(cls, field)
         default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})"
+        help_text = f"(default: {'auto' if default is None else default})"
         if kind is bool:
             group.add_argument(f"--{field.name}", type=parse_bool, nargs="?", const=True,
                                default=argparse.SUPPRESS, metavar="BOOL", help=help_text)
         else:
-            group.add_argument(f"--{field.name}", type=kind, default=argparse.SUPPRESS,
-                               metavar=kind.__name__.upper(), help=help_text)
+            group.add_argument(f"--{field.name}", type=_or_none(kind) if optional else kind,
+                               default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                               help=help_text)
         names.add(field.name)
     return names
 

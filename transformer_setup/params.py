@@ -63,7 +63,9 @@ class ModelConfig:
     tie_embeddings: bool = False  # share the token embedding with the output head
     dropout: float = 0.0
     init_std: float = 0.02
-    gradient_checkpointing: bool = False  # recompute each block in backward to save memory
+    gradient_checkpointing: bool = False  # recompute blocks in backward to save memory
+    checkpoint_every: int = 1  # with gradient_checkpointing: only every k-th block (k=2: half)
+    checkpoint_selective: bool = False  # keep matmul/attention outputs, recompute the rest
     attention: str = "auto"  # auto (flash-attn if usable, else SDPA) | flash | sdpa
 
     def __post_init__(self) -> None:
@@ -73,7 +75,8 @@ class ModelConfig:
         if self.ffn_hidden is None:
             self.ffn_hidden = default_ffn_hidden(self.n_embd, self.mlp)
         _require_positive(self, "vocab_size", "vocab_multiple", "block_size", "n_layer", "n_head",
-                          "n_kv_head", "n_embd", "ffn_hidden", "norm_eps", "rope_theta", "init_std")
+                          "n_kv_head", "n_embd", "ffn_hidden", "norm_eps", "rope_theta", "init_std",
+                          "checkpoint_every")
         _require(self.n_embd % self.n_head == 0,
                  f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         _require(self.n_head % self.n_kv_head == 0,
@@ -97,6 +100,12 @@ class ModelConfig:
         return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
 
 
+# Fields that say how to run the model, not what it is: they may differ between the run that
+# wrote a checkpoint and one that loads it (resume, --init_from, inference).
+RUNTIME_FIELDS = ("dropout", "gradient_checkpointing", "checkpoint_every", "checkpoint_selective",
+                  "attention")
+
+
 def default_ffn_hidden(n_embd: int, mlp: str) -> int:
     """GELU: 4*n_embd. SwiGLU has three matrices, so 2/3 of that (as Llama), rounded up to 256."""
     if mlp == "gelu":
@@ -117,7 +126,8 @@ class TrainConfig:
     min_int_score: int | None = None  # FineWeb-Edu: keep documents scoring at least this
     out_dir: str = "out"
     max_iters: int = 5000  # optimizer steps
-    batch_size: int = 16  # sequences per micro-batch (per process)
+    batch_size: int | None = 16  # sequences per micro-batch (per process); None/auto: the
+    # largest that fits the GPU by the memory estimate (and divides the global batch)
     accumulation_steps: int = 1  # micro-batches per optimizer step
     global_batch_tokens: int | None = None  # if set: accumulation = this / (batch x block x GPUs)
     learning_rate: float = 6e-4  # peak, reached after warmup
@@ -153,8 +163,10 @@ class TrainConfig:
         _require_finite(self)
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
-        _require_positive(self, "max_iters", "batch_size", "accumulation_steps", "eval_interval",
+        _require_positive(self, "max_iters", "accumulation_steps", "eval_interval",
                           "eval_iters", "save_interval", "log_interval")
+        _require(self.batch_size is None or self.batch_size > 0,
+                 f"batch_size must be positive or auto (got {self.batch_size})")
         _require(self.learning_rate > 0,
                  f"learning_rate must be positive (got {self.learning_rate})")
         _require(0 <= self.min_lr <= self.learning_rate,
@@ -201,17 +213,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       learning_rate=6e-4, min_lr=6e-5, warmup_iters=700, max_iters=19000,
                       eval_interval=1000),
     },
-    # The flagship (~1.06B with the GPT-2 vocabulary): Llama-style SwiGLU/RoPE/RMSNorm.
-    # Micro-batch 72 x 1024 tokens needs ~140 GB of activations without gradient checkpointing
-    # (`--dry_run` shows the count), so the preset recomputes blocks in backward.
+    # The flagship (~1.06B with the GPT-2 vocabulary): Llama-style SwiGLU/RoPE/RMSNorm. The
+    # seed's global batch, 72 x 4 x 1024 = 294,912 tokens per step, is kept; the micro-batch is
+    # the largest that fits the GPU without recomputation (16-18 on 80 GB by the estimate), and
+    # accumulation makes up the rest: gradient checkpointing would cost a third more FLOPs.
     "1b": {
         "model": dict(vocab_size=50257, vocab_multiple=64, block_size=1024, n_layer=24,
                       n_head=12, n_embd=1536, ffn_hidden=6144, mlp="swiglu", norm="rmsnorm",
-                      pos_emb="rope", bias=False, tie_embeddings=False,
-                      gradient_checkpointing=True),
-        "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="checkpoints_1B", batch_size=72,
-                      accumulation_steps=4, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
-                      max_iters=100000, grad_clip=1.0, eval_interval=1000, save_interval=1000),
+                      pos_emb="rope", bias=False, tie_embeddings=False),
+        "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="checkpoints_1B",
+                      batch_size=None, global_batch_tokens=294_912, learning_rate=6e-4,
+                      min_lr=6e-5, warmup_iters=2000, max_iters=100000, grad_clip=1.0,
+                      eval_interval=1000, save_interval=1000),
     },
 }
 
@@ -244,5 +257,5 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "PRESETS", "build_configs",
-           "config_from_dict", "default_ffn_hidden"]
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "PRESETS", "RUNTIME_FIELDS",
+           "build_configs", "config_from_dict", "default_ffn_hidden"]

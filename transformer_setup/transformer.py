@@ -13,12 +13,18 @@ kernel. For generation, each attention layer can hold a static KV cache.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from transformer_setup.params import ConfigError, ModelConfig
 
@@ -180,6 +186,38 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+# ----------------------------------------------------------------------------- recomputation
+
+def _saved_ops() -> set:
+    """Ops whose outputs selective checkpointing keeps: the matmuls and attention kernels (the
+    FLOPs); norms, activations, RoPE and casts are recomputed (cheap, and most of the memory)."""
+    aten = torch.ops.aten
+    names = ["mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_flash_attention_for_cpu"]
+    ops = {getattr(aten, name).default for name in names if hasattr(aten, name)}
+    if hasattr(torch.ops, "flash_attn") and hasattr(torch.ops.flash_attn, "_flash_attn_forward"):
+        ops.add(torch.ops.flash_attn._flash_attn_forward.default)
+    return ops
+
+
+def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+SAVED_OPS = _saved_ops()
+
+
+def selective_checkpointing(enabled: bool) -> dict:
+    """checkpoint()'s extra arguments: torch's selective policy keeping SAVED_OPS' outputs."""
+    if not enabled:
+        return {}
+    extra = {"context_fn": functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)}
+    if "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters:
+        extra["respect_saved_tensors_hooks"] = True  # what it keeps is seen like the rest
+    return extra
+
+
 # ----------------------------------------------------------------------------- the loss
 
 LOSS_CHUNK_TOKENS = 8192  # above this many tokens the loss is computed chunk by chunk
@@ -279,10 +317,14 @@ class GPT(nn.Module):
         cos = sin = None
         if self.config.pos_emb == "rope":
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        for block in self.blocks:
-            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # Keep only the block's input; recompute its insides during backward.
-                x = checkpoint(block, x, cos, sin, start, use_reentrant=False)
+        recompute = self.config.gradient_checkpointing and self.training and \
+            torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            if recompute and i % self.config.checkpoint_every == 0:
+                # Keep the block's input (and, selective, its matmul outputs); recompute the
+                # rest of its insides during backward.
+                x = checkpoint(block, x, cos, sin, start, use_reentrant=False,
+                               **selective_checkpointing(self.config.checkpoint_selective))
             else:
                 x = block(x, cos, sin, start)
         x = self.norm_f(x)
@@ -325,3 +367,19 @@ class GPT(nn.Module):
         if self.lm_head is None:
             matmul_weights += self.tok_emb.weight.numel()
         return 6 * matmul_weights + 12 * self.config.n_layer * self.config.n_embd * seq_len
+
+    def recomputed_flops_per_token(self, tokens_per_micro_batch: int,
+                                   seq_len: int | None = None) -> int:
+        """FLOPs done again in backward, per token: the forward (matmuls and attention) of each
+        fully checkpointed block, and the head's matmul when the loss is computed in chunks.
+        flops_per_token + this = what the hardware does (for HFU); MFU counts only the first."""
+        config, seq_len = self.config, seq_len or self.config.block_size
+        recomputed = 0
+        if config.gradient_checkpointing and not config.checkpoint_selective:
+            block_weights = sum(m.weight.numel() for m in self.blocks[0].modules()
+                                if isinstance(m, nn.Linear))
+            checkpointed = len(range(0, config.n_layer, config.checkpoint_every))
+            recomputed += checkpointed * (2 * block_weights + 4 * config.n_embd * seq_len)
+        if tokens_per_micro_batch > LOSS_CHUNK_TOKENS:
+            recomputed += 2 * config.n_embd * config.padded_vocab_size
+        return recomputed

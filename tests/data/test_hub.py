@@ -63,7 +63,7 @@ def hub(tmp_path, monkeypatch):
     """A dataset repository HuggingFaceFW/fineweb-edu with two configurations, served locally."""
     repo = tmp_path / "repo"
     for f in range(3):
-        write_parquet(repo / "sample/10BT" / f"{f:03d}_00000.parquet", f * 2000, 2000, 20)
+        write_parquet(repo / "sample/10BT" / f"{f:03d}_00000.parquet", f * 2000, 2000, 5)
     write_parquet(repo / "tiny/train-00000-of-00001.parquet", 0, 300, 30)
     write_parquet(repo / "tiny/validation-00000-of-00001.parquet", 10_000, 60, 30)
     (repo / "README.md").write_text(CARD)
@@ -101,11 +101,11 @@ def test_fineweb_edu_is_read_by_row_group_through_hffilesystem(hub):
     source = get_source("fineweb-edu", min_int_score=3)
     assert isinstance(source, FileSource) and source.on_hub
     units = source.units("all")
-    assert len(units) == 3 * 100 and {u.stop - u.start for u in units} == {20}  # row groups
+    assert len(units) == 3 * 400 and {u.stop - u.start for u in units} == {5}  # row groups
     assert all(u.path.startswith("datasets/HuggingFaceFW/fineweb-edu@") for u in units)
     train, val = numbers(source.documents("train")), numbers(source.documents("val"))
     assert sorted(train + val) == [i for i in range(6000) if i % 2000 % 5 + 1 >= 3]
-    assert len(source.units("val")) == 15 and not set(train) & set(val)
+    assert len(source.units("val")) == 16 and not set(train) & set(val)
     local = get_source(str(hub.repo / "sample/10BT/*.parquet"), min_int_score=3)
     assert numbers(local.documents("val")) == val  # the same code over the local disk
 

@@ -4,6 +4,7 @@ import json
 import struct
 
 import pytest
+import torch
 
 from tests.helpers import assert_one_line_error, run_script
 
@@ -42,3 +43,36 @@ def test_benchmark_runs_every_section_against_its_peer(tmp_path):
     assert next(r for r in rows if r["section"] == "generate")["same_ids"]
     table = run_script("scripts/benchmark.py", "--small", "--sections", "train", cwd=tmp_path)
     assert "ours vs transformers Llama" in table.stdout
+
+
+def test_benchmark_sides_compute_the_same_loss_on_the_same_targets():
+    from scripts.benchmark import same_targets, twin_models
+    from transformer_setup.params import build_configs
+
+    config, _ = build_configs("tiny", {"vocab_size": 257, "vocab_multiple": 1})
+    ours, theirs = twin_models(config, torch.device("cpu"))
+    x = torch.randint(0, 257, (3, config.block_size + 1))
+    inputs, targets = same_targets(x)
+    with torch.no_grad():
+        mine, peer = ours(inputs, targets), theirs(input_ids=inputs, labels=inputs).loss
+    assert mine.item() == pytest.approx(peer.item(), abs=1e-5)
+
+
+def test_gpu_suite_smoke_prints_every_section(tmp_path):
+    result = run_script("scripts/gpu_suite.py", "--smoke", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    sections = [r["section"] for r in rows]
+    assert sections[0] == "environment" and "skipped" not in sections
+    assert len(sections) == 11, sections
+    for r in rows:
+        if "ratio" in r and "ours_tokens_per_s" in r:  # both peers ran, ratio computed
+            assert r["ours_tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0
+            assert r["ratio"] == pytest.approx(r["ours_tokens_per_s"] /
+                                               r["transformers_tokens_per_s"])
+        if "tokens_per_s" in r:
+            assert r["tokens_per_s"] > 0 and r["finite"] and r["estimate_gb"] > 0
+    decode = next(r for r in rows if r["section"].startswith("decode"))
+    assert decode["same_ids"] and decode["speedup"] > 0
+    trainer = next(r for r in rows if r["section"].startswith("trainer"))
+    assert trainer["exit"] == 0 and "tok/s" in trainer["last_line"]

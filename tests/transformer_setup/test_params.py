@@ -64,7 +64,26 @@ def test_presets_build_and_overrides_win():
     flagship, recipe = build_configs("1b")
     assert (flagship.n_embd, flagship.n_layer, flagship.n_head, flagship.ffn_hidden) == \
         (1536, 24, 12, 6144)
-    assert (recipe.batch_size, recipe.accumulation_steps, recipe.learning_rate) == (72, 4, 6e-4)
+    assert (recipe.batch_size, recipe.learning_rate) == (None, 6e-4)  # micro-batch: auto
+
+
+def test_the_1b_preset_keeps_the_seeds_global_batch_at_any_micro_batch():
+    """The seed trained 72 x 4 x 1024 tokens per step; the preset keeps exactly that, with the
+    micro-batch picked for the GPU (18 x 16 on 80 GB) and accumulation making up the rest."""
+    import torch
+
+    from models.estimate import auto_micro_batch
+    from models.trainer import resolve_accumulation
+
+    config, recipe = build_configs("1b")
+    assert recipe.global_batch_tokens == 72 * 4 * 1024 and not config.gradient_checkpointing
+    for memory_gb, world in ((80, 1), (80, 8), (40, 1), (141, 1)):
+        micro = auto_micro_batch(config, recipe.global_batch_tokens, world, torch.bfloat16,
+                                 memory_gb * 1e9)
+        tc = dataclasses.replace(recipe, batch_size=micro)
+        accumulation = resolve_accumulation(tc, config.block_size, world)
+        assert micro * accumulation * world * config.block_size == 294_912
+    assert auto_micro_batch(config, recipe.global_batch_tokens, 1, torch.bfloat16, 80e9) == 18
 
 
 def test_unknown_preset_and_field_are_config_errors():

@@ -1,10 +1,13 @@
 """The model: causality, KV cache, gradient checkpointing, attention backends, reference logits."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from hugging_face.weights import from_hf_config, from_hf_state_dict, to_hf_config
+from models.estimate import meta_model
 from transformer_setup.params import ModelConfig, build_configs
 from transformer_setup.transformer import GPT, flash_attn_func
 
@@ -49,13 +52,19 @@ def test_kv_cache_decoding_matches_full_forward(fields):
     assert full.shape[-1] == 101  # padding ids are never exposed as logits
 
 
+CHECKPOINTING = {"full": dict(gradient_checkpointing=True),
+                 "every 2nd block": dict(gradient_checkpointing=True, checkpoint_every=2),
+                 "selective": dict(gradient_checkpointing=True, checkpoint_selective=True)}
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_gradient_checkpointing_gives_same_loss_and_gradients(dropout):
+@pytest.mark.parametrize("policy", CHECKPOINTING)
+def test_gradient_checkpointing_gives_same_loss_and_gradients(dropout, policy):
     fields = dict(LLAMA_SMALL, dropout=dropout)
     idx, targets = torch.randint(0, 101, (2, 32)), torch.randint(0, 101, (2, 32))
     results = []
-    for ckpt in (False, True):
-        model = make_model(**fields, gradient_checkpointing=ckpt).train()
+    for ckpt in ({}, CHECKPOINTING[policy]):
+        model = make_model(**fields, **ckpt).train()
         torch.manual_seed(123)  # the same dropout masks in both runs
         loss = model(idx, targets)
         loss.backward()
@@ -84,10 +93,26 @@ def saved_activation_bytes(model: GPT, idx: torch.Tensor, targets: torch.Tensor)
 def test_gradient_checkpointing_really_keeps_less_for_backward():
     fields = dict(LLAMA_SMALL, n_layer=6)
     idx, targets = torch.randint(0, 101, (4, 32)), torch.randint(0, 101, (4, 32))
-    plain = saved_activation_bytes(make_model(**fields).train(), idx, targets)
-    ckpt = saved_activation_bytes(make_model(**fields, gradient_checkpointing=True).train(),
-                                  idx, targets)
-    assert ckpt < plain / 3, (ckpt, plain)
+    kept = {name: saved_activation_bytes(make_model(**fields, **ckpt).train(), idx, targets)
+            for name, ckpt in {"none": {}, **CHECKPOINTING}.items()}
+    assert kept["full"] < kept["none"] / 3, kept
+    assert kept["full"] < kept["every 2nd block"] < kept["none"], kept
+    assert kept["full"] < kept["selective"] < 0.8 * kept["none"], kept
+
+
+def test_recomputed_flops_count_what_each_policy_runs_again():
+    config, _ = build_configs("1b", {"gradient_checkpointing": False})
+    base = meta_model(config)
+    assert base.recomputed_flops_per_token(16 * 1024) == 2 * 1536 * 50304  # the loss chunks
+    assert base.recomputed_flops_per_token(4096) == 0
+    full = meta_model(dataclasses.replace(config, gradient_checkpointing=True))
+    per_block = 2 * (4 * 1536**2 + 3 * 1536 * 6144) + 4 * 1536 * 1024
+    assert full.recomputed_flops_per_token(4096) == 24 * per_block  # 1.96 GFLOP
+    half = meta_model(dataclasses.replace(config, gradient_checkpointing=True, checkpoint_every=2))
+    assert half.recomputed_flops_per_token(4096) == 12 * per_block
+    selective = meta_model(dataclasses.replace(config, gradient_checkpointing=True,
+                                               checkpoint_selective=True))
+    assert selective.recomputed_flops_per_token(4096) == 0
 
 
 @pytest.mark.skipif(flash_attn_func is None or not torch.cuda.is_available(),
