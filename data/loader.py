@@ -42,23 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.shards import read_prepared
+from data.shards import document_tokens, read_prepared, token_dtype
 from data.sources import DataError, Source, Unit
 from tokenization.tokenizer import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 PREFETCH_ROWS = 32  # keep about this many rows per lane read or requested ahead
 MAX_PENDING = 64  # units one lane may have requested and not yet received
-
-
-def token_dtype(n_vocab: int) -> np.dtype:
-    """uint16 when every id fits (GPT-2's 50,257 does), else uint32: half the memory when it can."""
-    return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.uint32)
-
-
-def document_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
-    """A document as the model sees it: <|endoftext|> first, marking a fresh start."""
-    return [tokenizer.eot_id, *tokenizer.encode(text)]
 
 
 def unit_tokens(source: Source, unit: Unit, tokenizer: Tokenizer) -> np.ndarray:

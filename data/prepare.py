@@ -1,7 +1,7 @@
 """Pre-tokenize a source into shards, once, so that training reads tokens at memory speed.
 
-    python data/prepare.py --data fineweb-edu --tokenizer gpt2 --out data/fineweb-gpt2
-    python models/gpt.py --preset 1b --data data/fineweb-gpt2
+    python data/prepare.py --data fineweb-edu --tokenizer gpt2 --out out/fineweb-gpt2
+    python models/gpt.py --preset 1b --data out/fineweb-gpt2
 
 Documents are tokenized in a pool of processes, in order, and written to shards of about
 --shard_tokens tokens, each closed at a document boundary and written atomically. Interrupted,
@@ -23,8 +23,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data.loader import document_tokens, token_dtype
-from data.shards import FORMAT, SHARD_NAME, read_header, shard_path, write_meta, write_shard
+from data.shards import (
+    FORMAT,
+    SHARD_NAME,
+    document_tokens,
+    read_header,
+    shard_path,
+    token_dtype,
+    write_meta,
+    write_shard,
+)
 from data.sources import DataError, Source, add_source_arguments, source_from_args
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, positive_int, run_main

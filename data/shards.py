@@ -45,6 +45,17 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, folder / "meta.json")
 
 
+def token_dtype(n_vocab: int) -> np.dtype:
+    """uint16 when every id fits (GPT-2's 50,257 does), else uint32: half the memory when it can."""
+    return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.uint32)
+
+
+def document_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
+    """A document as the model sees it, in shards and in packing lanes: <|endoftext|> first,
+    marking a fresh start."""
+    return [tokenizer.eot_id, *tokenizer.encode(text)]
+
+
 def checksum(data) -> int:
     """CRC-32 of a buffer, piece by piece (zlib releases the GIL: shards check in parallel)."""
     view, crc = memoryview(data).cast("B"), 0

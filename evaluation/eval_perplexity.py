@@ -1,7 +1,7 @@
 """Perplexity, loss and bits per byte of a model on held-out text, by sliding window.
 
     python evaluation/eval_perplexity.py out/tiny/best_model.pt --data pydocs
-    python evaluation/eval_perplexity.py hf/tiny --data ../shared/fixtures/wikitext-2/test.txt
+    python evaluation/eval_perplexity.py out/hf-tiny --data ../shared/fixtures/wikitext-2/test.txt
     python evaluation/eval_perplexity.py CKPT                      # WikiText-103 test (online)
 
 The text (documents of the split, each after <|endoftext|>, as in training) is read through
@@ -20,17 +20,18 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.sources import Source, add_source_arguments, source_from_args
-from models.checkpoint import load_model
-from models.device import autocast, resolve_device, resolve_dtype
-from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
-from transformer_setup.transformer import GPT
+
+if TYPE_CHECKING:
+    from tokenization.tokenizer import Tokenizer
+    from transformer_setup.transformer import GPT
+
+# torch is imported where it is used: --help and mistakes answer before seconds of imports.
 
 
 @dataclass
@@ -56,10 +57,20 @@ def windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int
         begin += stride
 
 
-@torch.no_grad()
 def score_tokens(model: GPT, tokens: list[int], byte_lengths: list[int], stride: int,
                  batch_size: int = 8, ctx=None, progress: bool = False) -> Score:
     """Sliding-window scoring of one token stream."""
+    import torch
+
+    with torch.no_grad():
+        return _score(model, tokens, byte_lengths, stride, batch_size, ctx, progress)
+
+
+def _score(model: GPT, tokens: list[int], byte_lengths: list[int], stride: int,
+           batch_size: int, ctx, progress: bool) -> Score:
+    import torch
+    import torch.nn.functional as F
+
     context = model.config.block_size
     if not 0 < stride <= context:
         raise UserError(f"--stride must be between 1 and the context ({context}); got {stride}")
@@ -100,10 +111,11 @@ def default_split(spec: str, source: Source) -> str:
 
 
 def text_tokens(source: Source, split: str, tokenizer: Tokenizer,
-                max_tokens: int | None) -> list[int]:
+                max_tokens: int | None, progress: bool = False) -> list[int]:
     """The split as one stream, <|endoftext|> before each document, as training reads it."""
     tokens: list[int] = []
-    for text in source.documents(split):
+    for text in tqdm(source.documents(split), desc="reading", unit="doc",
+                     disable=None if progress else True):
         tokens += [tokenizer.eot_id, *tokenizer.encode(text)]
         if max_tokens is not None and len(tokens) >= max_tokens:
             return tokens[:max_tokens]
@@ -123,18 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=8,
                         help="windows per forward pass")
     add_source_arguments(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="fp32", help="auto | bf16 | fp16 | fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.max_tokens is not None and args.max_tokens < 2:
         parser.error("--max_tokens must be at least 2")
+    from models.checkpoint import load_model
+    from models.device import autocast, resolve_device, resolve_dtype
+
     device = resolve_device(args.device)
     ctx = autocast(device, resolve_dtype(args.dtype, device))
     model, tokenizer = load_model(args.checkpoint, device)
     source = source_from_args(args)
     split = args.split or default_split(args.data, source)
-    tokens = text_tokens(source, split, tokenizer, args.max_tokens)
+    tokens = text_tokens(source, split, tokenizer, args.max_tokens, progress=not args.json)
     if len(tokens) < 2:
         raise UserError(f"{args.data} ({split}) has no text to score")
     stride = args.stride or max(1, model.config.block_size // 2)

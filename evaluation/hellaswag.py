@@ -1,7 +1,7 @@
 """HellaSwag: pick the most likely of four endings for each context (Zellers et al., 2019).
 
     python evaluation/hellaswag.py out/gpt2/best_model.pt                   # validation, online
-    python evaluation/hellaswag.py hf/tiny --data hellaswag_val.jsonl --limit 500
+    python evaluation/hellaswag.py out/hf-tiny --data hellaswag_val.jsonl --limit 500
 
 Each ending is scored by the sum of its tokens' log-probabilities after the context. `acc` takes
 the highest sum; `acc_norm` divides each sum by the ending's length in characters first, as

@@ -1,6 +1,6 @@
 """Import a transformers Llama or GPT-2 model into our checkpoint format.
 
-    python hugging_face/convert_from_hf.py --model hf/tiny --output imported.pt
+    python hugging_face/convert_from_hf.py --model out/hf-tiny --output out/imported.pt
     python hugging_face/convert_from_hf.py --model openai-community/gpt2 --output gpt2.pt
     python models/gpt.py --init_from gpt2.pt --data fineweb-edu ...   # continue pretraining
 
@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from hugging_face.weights import from_hf_config, from_hf_state_dict
-from models.checkpoint import save_checkpoint
 from tokenization.tokenizer import Tokenizer, TokenizerError, get_tokenizer, tokenizer_from_folder
 from transformer_setup.cli import ArgumentParser, UserError, run_main
 from transformer_setup.params import ModelConfig
-from transformer_setup.transformer import GPT
+
+if TYPE_CHECKING:
+    import torch
+
+    from transformer_setup.transformer import GPT
+
+# torch and transformers are imported where they are used: --help answers at once.
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -50,7 +53,13 @@ def _check_folder(folder: Path) -> None:
 def load_hf_model(id_or_dir: str, tokenizer: str | None = None
                   ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
     """Our config, our state dict and the tokenizer of a transformers model folder or Hub id."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    from hugging_face.weights import from_hf_config, from_hf_state_dict
+
+    transformers_logging.disable_progress_bar()
 
     local = Path(id_or_dir)
     if local.exists():
@@ -84,6 +93,8 @@ def load_hf_model(id_or_dir: str, tokenizer: str | None = None
 def model_from_hf(id_or_dir: str, device: torch.device | str = "cpu"
                   ) -> tuple[GPT, Tokenizer]:
     """Our model, with the weights of a transformers folder: for inference and evaluation."""
+    from transformer_setup.transformer import GPT
+
     config, state, tok = load_hf_model(id_or_dir)
     model = GPT(config)
     model.load_state_dict(state)
@@ -97,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="gpt2, bytes or a folder (default: the model's own tokenizer)")
     args = parser.parse_args(argv)
+    from models.checkpoint import save_checkpoint
+
     config, state, tok = load_hf_model(args.model, args.tokenizer)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Export a checkpoint as a folder that transformers' Auto classes load, with no custom code.
 
-    python hugging_face/convert_to_hf.py --checkpoint out/tiny/best_model.pt --output_dir hf/tiny
+    python hugging_face/convert_to_hf.py --checkpoint out/tiny/best_model.pt --output_dir out/hf-tiny
 
 The folder holds config.json and safetensors weights for the stock class of the model's family
 (LlamaForCausalLM for RoPE/RMSNorm/SwiGLU, GPT2LMHeadModel for the GPT-2 layout), sharded when
@@ -16,13 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hugging_face.weights import hf_family, to_hf_config, to_hf_state_dict
-from models.checkpoint import load_checkpoint
 from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, run_main
 from transformer_setup.params import ModelConfig, config_from_dict
+
+# torch and transformers are imported where they are used: --help answers at once.
 
 HUB_DATASETS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu", "wikitext-103": "Salesforce/wikitext"}
 
@@ -93,7 +91,13 @@ This is a base model: it continues text, it does not follow instructions.
 def export(ckpt: dict[str, Any], output_dir: Path, overwrite: bool = False,
            license_id: str = "apache-2.0") -> str:
     """Write the folder; returns the family. Nothing is written if the model has no stock class."""
+    import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers.utils import logging as transformers_logging
+
+    from hugging_face.weights import hf_family, to_hf_config, to_hf_state_dict
+
+    transformers_logging.disable_progress_bar()  # our one line says what was written
 
     config = config_from_dict(ModelConfig, ckpt["model_config"])
     family = hf_family(config)  # raises, naming the knobs in the way, before anything is written
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
     parser.add_argument("--license", default="apache-2.0", help="license id for the model card")
     args = parser.parse_args(argv)
+    from models.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(args.checkpoint)
     family = export(ckpt, Path(args.output_dir), args.overwrite, args.license)
     config = dataclasses.asdict(config_from_dict(ModelConfig, ckpt["model_config"]))

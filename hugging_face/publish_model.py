@@ -1,7 +1,7 @@
 """Publish an exported model folder to the Hugging Face Hub.
 
-    python hugging_face/publish_model.py --model_dir hf/tiny --repo_id you/tiny-gpt --dry_run
-    python hugging_face/publish_model.py --model_dir hf/tiny --repo_id you/tiny-gpt [--private]
+    python hugging_face/publish_model.py --model_dir out/hf-tiny --repo_id you/tiny-gpt --dry_run
+    python hugging_face/publish_model.py --model_dir out/hf-tiny --repo_id you/tiny-gpt [--private]
 
 Authentication is huggingface_hub's: a cached `hf auth login`, or the HF_TOKEN environment
 variable. The token is never printed or logged, even in error messages. --dry_run checks that

@@ -13,23 +13,11 @@ TensorBoard logs under OUT_DIR.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from models.checkpoint import load_checkpoint
-from models.device import dtype_name, resolve_device, resolve_dtype
-from models.estimate import (
-    auto_micro_batch,
-    device_memory_bytes,
-    largest_micro_batch,
-    meta_model,
-    training_memory,
-)
-from models.trainer import train
-from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, add_dataclass_arguments, run_main
 from transformer_setup.params import (
+    PRESETS,
     RUNTIME_FIELDS,
     ModelConfig,
     TrainConfig,
@@ -37,12 +25,29 @@ from transformer_setup.params import (
     config_from_dict,
 )
 
+if TYPE_CHECKING:
+    from tokenization.tokenizer import Tokenizer
+
+# torch and the training machinery are imported where they are used, after the arguments are
+# parsed: `--help` and a mistyped flag answer at once instead of after seconds of imports.
+
 
 def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any]]:
-    parser = ArgumentParser(description="Train a GPT language model from scratch.")
-    parser.add_argument("--preset", help="tiny | gpt2 | 1b (flags below override it)")
-    add_dataclass_arguments(parser, ModelConfig, "model (ModelConfig)")
-    add_dataclass_arguments(parser, TrainConfig, "training (TrainConfig)")
+    first = ArgumentParser(add_help=False)
+    first.add_argument("--preset", choices=list(PRESETS))
+    preset = first.parse_known_args(argv)[0].preset  # its values become the defaults shown
+    shown = {}
+    if preset:
+        values = {**PRESETS[preset]["model"], **PRESETS[preset]["train"]}
+        shown = {k: (v, f" with --preset {preset}") for k, v in values.items()}
+    parser = ArgumentParser(description="Train a GPT language model from scratch. Every field "
+                            "of ModelConfig and TrainConfig is a flag; a preset sets many at "
+                            "once, and flags override it (put --preset first to see its values "
+                            "below).")
+    parser.add_argument("--preset", help=f"{' | '.join(PRESETS)}: tiny trains on a CPU in "
+                        "minutes, offline; gpt2 is GPT-2 small; 1b is the flagship")
+    add_dataclass_arguments(parser, ModelConfig, "model (ModelConfig)", shown)
+    add_dataclass_arguments(parser, TrainConfig, "training (TrainConfig)", shown)
     overrides = vars(parser.parse_args(argv))
     return overrides.pop("preset", None), overrides
 
@@ -55,6 +60,17 @@ def gigabytes(n_bytes: float) -> str:
 
 def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
     """Print what the run would cost on one process, without allocating a single weight."""
+    import torch
+
+    from models.device import dtype_name, resolve_device, resolve_dtype
+    from models.estimate import (
+        auto_micro_batch,
+        device_memory_bytes,
+        largest_micro_batch,
+        meta_model,
+        training_memory,
+    )
+
     tc = train_config
     model = meta_model(model_config)
     n_params = model.num_params()
@@ -108,6 +124,9 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
 def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
     """The model shape and tokenizer of the checkpoint to start from; the command line may
     change only what does not touch the weights."""
+    from models.checkpoint import load_checkpoint
+    from tokenization.tokenizer import Tokenizer
+
     ckpt = load_checkpoint(path, mmap=True)  # the weights are read later, by the trainer
     config = config_from_dict(ModelConfig, ckpt["model_config"])
     for key, value in overrides.items():
@@ -125,12 +144,21 @@ def main(argv: list[str] | None = None) -> None:
     if train_config.dry_run:
         dry_run(model_config, train_config)
         return
+    from models.trainer import train
+    from tokenization.tokenizer import get_tokenizer
+
     if train_config.init_from and not train_config.resume:
         model_config, tokenizer = config_from_init(train_config.init_from, overrides)
         train(model_config, train_config, tokenizer)
         return
     # The tokenizer decides the vocabulary, unless --vocab_size asks for more room.
-    tokenizer = get_tokenizer(train_config.tokenizer)
+    try:
+        tokenizer = get_tokenizer(train_config.tokenizer)
+    except UserError as err:
+        if preset is None:  # likely a first try: say where an offline start is
+            raise UserError(f"{err}; new here? `python models/gpt.py --preset tiny` trains a "
+                            "small model offline on a CPU in minutes") from None
+        raise
     vocab_size = overrides.get("vocab_size", tokenizer.n_vocab)
     if vocab_size < tokenizer.n_vocab:
         raise UserError(f"--vocab_size {vocab_size} is smaller than the tokenizer's "

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
-
-from models.checkpoint import load_model
-from models.device import autocast, resolve_device, resolve_dtype
-from models.generate import generate
-from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import (
     ArgumentParser,
     nonnegative_float,
@@ -26,7 +21,14 @@ from transformer_setup.cli import (
     probability,
     run_main,
 )
-from transformer_setup.transformer import GPT
+
+if TYPE_CHECKING:
+    import torch
+
+    from tokenization.tokenizer import Tokenizer
+    from transformer_setup.transformer import GPT
+
+# torch is imported once the arguments are parsed: --help and mistakes answer at once.
 
 
 def parse_args(argv: list[str] | None = None):
@@ -77,6 +79,10 @@ class Generator:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, args, device: torch.device,
                  dtype: torch.dtype) -> None:
+        import torch
+
+        from models.device import autocast
+
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.ctx = autocast(device, dtype)
         self.rng = torch.Generator(device=device)
@@ -97,6 +103,8 @@ class Generator:
         return ids
 
     def tokens(self, prompt: str) -> Iterable[torch.Tensor]:
+        from models.generate import generate
+
         args = self.args
         with self.ctx:
             yield from generate(self.model, self.prompt_ids(prompt), args.max_new_tokens,
@@ -117,7 +125,7 @@ class Generator:
             out.write(stream.flush() + "\n")
             return
         steps = list(self.tokens(prompt))
-        samples = torch.stack(steps, dim=1).tolist() if steps else []
+        samples = [list(ids) for ids in zip(*(step.tolist() for step in steps))]
         for i, ids in enumerate(samples, start=1):
             ids = ids[:ids.index(eot)] if eot in ids else ids
             out.write(f"--- sample {i} ---\n{self.tokenizer.decode(ids)}\n")
@@ -139,6 +147,9 @@ def interactive(generator: Generator) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from models.checkpoint import load_model
+    from models.device import resolve_device, resolve_dtype
+
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer = load_model(args.checkpoint, device)

@@ -484,8 +484,10 @@ class Run:
                    disable=None if d.is_main else True, dynamic_ncols=True)
         meter = Throughput(self.tokens_per_step)
         first_step = True
-        self.model.train()
         try:
+            if p.step == 0:  # where the curve starts: the untrained model's loss
+                self.evaluate_and_sample(writer)
+            self.model.train()
             while p.step < tc.max_iters:
                 lr = learning_rate_at(p.step, tc)
                 result = self.one_step(lr)

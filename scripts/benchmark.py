@@ -18,26 +18,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import TYPE_CHECKING
 
-import torch
-
-from hugging_face.weights import to_hf_config, to_hf_state_dict
-from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
-from models.estimate import meta_model
-from scripts.benchmark_data import speed_rows
-from scripts.benchmark_generation import generation_row, random_checkpoint
-from scripts.benchmark_tokenizers import benchmark_documents, measure
-from tokenization.tokenizer import byte_tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, positive_int, run_main
 from transformer_setup.params import build_configs
-from transformer_setup.transformer import GPT
+
+if TYPE_CHECKING:
+    import torch
+
+    from transformer_setup.transformer import GPT
+
+# torch, transformers and the sections' code are imported where used: --help answers at once.
 
 SECTIONS = ("train", "generate", "data", "tokenizer")
 
 
 def twin_models(config, device: torch.device) -> tuple[GPT, torch.nn.Module]:
     """Ours and transformers' LlamaForCausalLM of one shape, holding the same weights."""
+    import torch
     from transformers import LlamaForCausalLM
+
+    from hugging_face.weights import to_hf_config, to_hf_state_dict
+    from transformer_setup.transformer import GPT
 
     torch.manual_seed(0)
     ours = GPT(config).to(device)
@@ -59,6 +61,10 @@ def train_rows(preset: str, n_layer: int | None, batch_size: int, block_size: in
                steps: int, repeat: int, device: torch.device, dtype: torch.dtype,
                compile_model: bool) -> list[dict]:
     """A training step of ours and of LlamaForCausalLM, same shape and dtype, alternating."""
+    import torch
+
+    from models.device import autocast, dtype_name, peak_flops
+    from models.estimate import meta_model
     overrides = {k: v for k, v in (("n_layer", n_layer), ("block_size", block_size)) if v}
     config, _ = build_configs(preset, overrides)
     # Like for like: the same head (no padding) and no recomputation (the 1b preset's
@@ -140,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="tiny sizes everywhere: checks the benchmark runs, in seconds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    from models.device import dtype_name, resolve_device, resolve_dtype
+    from scripts.benchmark_data import speed_rows
+    from scripts.benchmark_generation import generation_row, random_checkpoint
+    from scripts.benchmark_tokenizers import benchmark_documents, measure
+    from tokenization.tokenizer import byte_tokenizer, get_tokenizer
+
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     on_gpu = device.type == "cuda"

@@ -1,6 +1,6 @@
 """Train a GPT-2-style byte-level BPE vocabulary on your own text.
 
-    python tokenization/train_tokenizer.py --data pydocs --vocab_size 8000 --out tok/pydocs-8k
+    python tokenization/train_tokenizer.py --data pydocs --vocab_size 8000 --out out/tok-pydocs-8k
     python tokenization/train_tokenizer.py --data "corpus/*.txt" --out tok/mine   # 52,000 ids
 
 The merges are learned by the Rust trainer of the `tokenizers` library, after GPT-2's

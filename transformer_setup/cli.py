@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
+import re
 import sys
 import types
 import typing
@@ -74,17 +76,44 @@ def _or_none(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> set[str]:
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's trailing comment in the class's source (and the comment lines right below
+    it): the configs document their fields once, and --help shows the same words."""
+    comments: dict[str, str] = {}
+    current = None
+    for line in inspect.getsource(cls).splitlines():
+        field = re.match(r"\s{4}(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        more = re.match(r"\s{4}#\s*(.*)$", line)
+        if field:
+            current = field.group(1)
+            comments[current] = field.group(2) or ""
+        elif more and current:
+            comments[current] += " " + more.group(1)
+        else:
+            current = None
+    return comments
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: str,
+                            shown: dict[str, tuple[Any, str]] | None = None) -> set[str]:
     """One --field option per dataclass field; unset options stay out of the parsed namespace.
 
-    Booleans take an optional value: `--resume` or `--resume false`. Returns the field names.
+    Booleans take an optional value: `--resume` or `--resume false`. The help of each is the
+    field's comment and its default; `shown` gives other defaults to show, with where they
+    come from (a preset's values). Returns the field names.
     """
     group = parser.add_argument_group(title)
+    comments = field_comments(cls)
     names = set()
     for field in dataclasses.fields(cls):
         kind, optional = _field_type(cls, field)
         default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = f"(default: {'auto' if default is None else default})"
+        source = ""
+        if shown and field.name in shown:
+            default, source = shown[field.name]
+        value = "auto" if default is None else default
+        help_text = f"{comments.get(field.name, '')} (default: {value}{source})".strip()
+        help_text = help_text.replace("%", "%%")
         if kind is bool:
             group.add_argument(f"--{field.name}", type=parse_bool, nargs="?", const=True,
                                default=argparse.SUPPRESS, metavar="BOOL", help=help_text)

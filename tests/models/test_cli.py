@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.helpers import REPO, assert_one_line_error, run_script
@@ -65,7 +66,8 @@ def test_quickstart_trains_and_writes_checkpoints(quickstart):
     assert len(losses) == 4
     assert losses[-1] < losses[0] - 1.0, losses  # from ~ln(257)=5.5 to well under 4
     val = [float(v) for v in re.findall(r"^step \d+: val loss ([\d.]+)", result.stdout, re.M)]
-    assert len(val) == 2 and val[1] < val[0]
+    assert len(val) == 3 and val[2] < val[1] < val[0]
+    assert val[0] == pytest.approx(5.55, abs=0.1)  # step 0: about ln(257), uniform over the ids
     for name in ("latest.pt", "best_model.pt"):
         ckpt = torch.load(out_dir / name, weights_only=True)
         assert ckpt["step"] in (20, 40) and ckpt["tokenizer"]["name"] == "bytes"

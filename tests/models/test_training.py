@@ -221,9 +221,9 @@ def test_tensorboard_events_hold_the_scalars(quickstart):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "val/loss",
             "val/bpb"} <= tags
-    assert [e.step for e in events.Scalars("val/loss")] == [20, 40]
+    assert [e.step for e in events.Scalars("val/loss")] == [0, 20, 40]  # from the start
     log = (out_dir / "train.log").read_text()
-    assert len(re.findall(r"^step \d+: val loss", log, re.M)) == 2
+    assert len(re.findall(r"^step \d+: val loss", log, re.M)) == 3
 
 
 def test_numbered_checkpoints_keep_the_last_k(tmp_path):
