@@ -1,6 +1,7 @@
 """Export a checkpoint as a folder that transformers' Auto classes load, with no custom code.
 
-    python hugging_face/convert_to_hf.py --checkpoint out/tiny/best_model.pt --output_dir out/hf-tiny
+    python hugging_face/convert_to_hf.py --checkpoint out/tiny/best_model.pt \
+        --output_dir out/hf-tiny
 
 The folder holds config.json and safetensors weights for the stock class of the model's family
 (LlamaForCausalLM for RoPE/RMSNorm/SwiGLU, GPT2LMHeadModel for the GPT-2 layout), sharded when
