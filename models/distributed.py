@@ -120,11 +120,13 @@ def gather(obj: Any, d: Distributed) -> list[Any]:
     return out
 
 
-def full_state(model: GPT, optimizer: torch.optim.Optimizer, fsdp: bool
-               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Unsharded model and optimizer state (on CPU for FSDP), the same as one process would save."""
+def full_state(model: GPT, optimizer: torch.optim.Optimizer | None, fsdp: bool
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Unsharded model and optimizer state (on CPU for FSDP), the same as one process would save.
+    Without an optimizer, its state is left alone: under FSDP, asking for the state of an
+    optimizer that has not stepped yet makes it take a zero step to create it (which counts)."""
     if not fsdp:
-        return model.state_dict(), optimizer.state_dict()
+        return model.state_dict(), optimizer.state_dict() if optimizer else None
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -133,7 +135,7 @@ def full_state(model: GPT, optimizer: torch.optim.Optimizer, fsdp: bool
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return (get_model_state_dict(model, options=options),
-            get_optimizer_state_dict(model, optimizer, options=options))
+            get_optimizer_state_dict(model, optimizer, options=options) if optimizer else None)
 
 
 def load_full_state(model: GPT, optimizer: torch.optim.Optimizer, model_state: dict,

@@ -1,33 +1,104 @@
-"""AdamW with decoupled weight decay on matrices only, and the learning-rate schedule."""
+"""The optimizers and the learning-rate schedule.
+
+`--optimizer adamw` (the seed's recipe): AdamW with decoupled weight decay on matrices
+(embeddings included), none on norms and biases.
+
+`--optimizer muon`: the hidden matrices of the blocks (attention and MLP weights) are trained
+with Muon (torch.optim.Muon: momentum orthogonalised by a Newton-Schulz iteration); everything
+else (embeddings, the head, norms, biases) stays with AdamW. Muon scales each matrix's update
+with Moonshot's `match_rms_adamw` rule (0.2 x sqrt(max(fan_in, fan_out))), so that its update
+has AdamW's size and the same learning rate and weight decay carry over between the two and
+across shapes (Liu et al., "Muon is Scalable for LLM Training", 2025); --muon_lr sets Muon's
+peak on its own. Both follow the same warmup and cosine schedule.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from transformer_setup.params import TrainConfig
 
 
+def muon_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The 2-D weights inside the blocks: what Muon trains."""
+    return [(name, p) for name, p in model.named_parameters()
+            if p.requires_grad and p.dim() == 2 and name.startswith("blocks.")]
+
+
+class Optimizers:
+    """Several optimizers stepped as one: the loop, the gradient scaler and checkpoints see
+    param_groups, step, zero_grad and one state dict (keyed by optimizer name)."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for opt in self.optimizers.values() for group in opt.param_groups]
+
+    def step(self, closure=None) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state for {sorted(state)}, not {sorted(self.optimizers)}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig,
-                   device: torch.device) -> torch.optim.AdamW:
+                   device: torch.device) -> torch.optim.Optimizer | Optimizers:
     """Matrices (linear weights, embeddings) are decayed; norms and biases are not, since
     shrinking a gain or an offset toward zero is not regularisation."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    muon = {id(p) for _, p in muon_parameters(model)} if config.optimizer == "muon" else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in muon]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2),
-                             fused=device.type == "cuda")
+    adamw = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2),
+                              fused=device.type == "cuda")
+    if not muon:
+        return adamw
+    peak = config.muon_lr or config.learning_rate
+    matrices = [p for _, p in muon_parameters(model)]
+    muon_opt = torch.optim.Muon(
+        [{"params": matrices, "weight_decay": config.weight_decay,
+          "lr_scale": peak / config.learning_rate}],
+        lr=peak, momentum=config.muon_momentum, adjust_lr_fn="match_rms_adamw")
+    return Optimizers({"adamw": adamw, "muon": muon_opt})
 
 
-def apply_hyperparameters(optimizer: torch.optim.AdamW, config: TrainConfig) -> None:
-    """Betas and weight decay from the config, over what a loaded optimizer state carried (the
-    learning rate is set every step). Group 0 holds the matrices, as make_optimizer builds it."""
-    for index, group in enumerate(optimizer.param_groups):
+def apply_hyperparameters(optimizer: torch.optim.Optimizer | Optimizers,
+                          config: TrainConfig) -> None:
+    """Betas, momentum and weight decay from the config, over what a loaded optimizer state
+    carried (the learning rate is set every step). AdamW's group 0 holds the matrices, as
+    make_optimizer builds it."""
+    parts = optimizer.optimizers if isinstance(optimizer, Optimizers) else {"adamw": optimizer}
+    for index, group in enumerate(parts["adamw"].param_groups):
         group["betas"] = (config.beta1, config.beta2)
         group["weight_decay"] = config.weight_decay if index == 0 else 0.0
+    for group in parts["muon"].param_groups if "muon" in parts else []:
+        group["momentum"] = config.muon_momentum
+        group["weight_decay"] = config.weight_decay
+        group["lr_scale"] = (config.muon_lr or config.learning_rate) / config.learning_rate
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer | Optimizers, lr: float) -> None:
+    """The scheduled rate, times each group's own scale (Muon's peak over AdamW's)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:

@@ -42,7 +42,12 @@ from models.device import autocast, dtype_name, peak_flops, resolve_device, reso
 from models.distributed import Distributed
 from models.estimate import auto_micro_batch, device_memory_bytes
 from models.generate import generate_ids
-from models.optim import apply_hyperparameters, learning_rate_at, make_optimizer
+from models.optim import (
+    apply_hyperparameters,
+    learning_rate_at,
+    make_optimizer,
+    set_learning_rate,
+)
 from models.run_dir import RunLock, check_room, checkpoint_bytes
 from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import UserError
@@ -173,7 +178,7 @@ def resolve_accumulation(tc: TrainConfig, block_size: int, world_size: int) -> i
 # Changes on --resume: these alter the data order or what a step means, so they are refused (the
 # global batch, block size and the data itself are checked by the loader and the model config);
 # the rest (learning rate, schedule, weight decay, intervals...) are applied and logged.
-REFUSED_CHANGES = ("seed", "text_field", "data_config", "min_int_score", "fsdp")
+REFUSED_CHANGES = ("seed", "text_field", "data_config", "min_int_score", "fsdp", "optimizer")
 UNTRACKED = ("resume", "dry_run", "out_dir", "init_from", "profile")
 
 
@@ -405,8 +410,8 @@ class Run:
     def payload(self, with_training_state: bool) -> dict[str, Any] | None:
         """Collective under FSDP/DDP: every rank must call it; rank 0 gets the payload."""
         d, p = self.d, self.progress
-        model_state, optimizer_state = distributed.full_state(self.raw_model, self.optimizer,
-                                                              self.tc.fsdp)
+        model_state, optimizer_state = distributed.full_state(
+            self.raw_model, self.optimizer if with_training_state else None, self.tc.fsdp)
         data_state = merge_states(distributed.gather(self.loader.state_dict(), d))
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -542,8 +547,7 @@ class Run:
 
     def one_step(self, lr: float) -> StepResult:
         p = self.progress
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)
         batches = [self.loader.next_batch() for _ in range(self.accumulation)]
         result = optimizer_step(self.model, self.optimizer, self.scaler, batches, self.ctx,
                                 self.tc.grad_clip, self.d)

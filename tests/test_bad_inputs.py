@@ -57,7 +57,7 @@ def files(tmp_path_factory):
 
 CASES = [
     # training
-    ("gpt", ["--preset", "nope"], "unknown preset 'nope'"),
+    ("gpt", ["--preset", "nope"], "invalid choice: 'nope'"),
     ("gpt", [*TINY, "--n_embd", "100", "--n_head", "3"],
      "n_embd (100) must be divisible by n_head (3)"),
     ("gpt", [*TINY, "--mlp", "relu"], "mlp must be one of"),

@@ -130,6 +130,7 @@ class TrainConfig:
     # largest that fits the GPU by the memory estimate (and divides the global batch)
     accumulation_steps: int = 1  # micro-batches per optimizer step
     global_batch_tokens: int | None = None  # if set: accumulation = this / (batch x block x GPUs)
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
     learning_rate: float = 6e-4  # peak, reached after warmup
     min_lr: float = 6e-5  # floor of the cosine decay
     warmup_iters: int = 100  # steps of linear warmup to learning_rate
@@ -137,6 +138,9 @@ class TrainConfig:
     weight_decay: float = 0.1  # on matrices only (embeddings included); norms and biases not
     beta1: float = 0.9  # AdamW's first-moment decay
     beta2: float = 0.95  # AdamW's second-moment decay
+    muon_lr: float | None = None  # Muon's peak learning rate; None: learning_rate (its
+    # updates are scaled to AdamW's size, so the same rate carries over)
+    muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250  # steps between validation passes
     eval_iters: int = 20  # validation batches per pass (the same batches every time)
@@ -184,6 +188,14 @@ class TrainConfig:
                  f"global_batch_tokens must be positive (got {self.global_batch_tokens})")
         _require(not (self.fsdp and self.dtype == "fp16"),
                  "fsdp with dtype fp16 is not supported; use bf16 (or fp32)")
+        _require_choice("optimizer", self.optimizer, ("adamw", "muon"))
+        _require(not (self.fsdp and self.optimizer == "muon"),
+                 "optimizer muon with fsdp is not supported: Muon orthogonalises whole matrices, "
+                 "FSDP shards them; use DDP (no --fsdp) or --optimizer adamw")
+        _require(self.muon_lr is None or self.muon_lr > 0,
+                 f"muon_lr must be positive (got {self.muon_lr})")
+        _require(0 <= self.muon_momentum < 1,
+                 f"muon_momentum must be in [0, 1) (got {self.muon_momentum})")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             _require(0 <= value < 1, f"{name} must be in [0, 1) (got {value})")

@@ -85,7 +85,7 @@ def test_a_full_disk_is_one_line_naming_what_is_intact(tmp_path, monkeypatch):
 
     def fills_the_disk(obj, f, *args, **kwargs):
         calls[0] += 1
-        if calls[0] == 2:  # latest.pt at step 4
+        if calls[0] == 3:  # best_model.pt at step 0, latest.pt at 2, then latest.pt at 4
             f.write(b"part of a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)

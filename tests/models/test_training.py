@@ -105,10 +105,11 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(mode, shards, t
     assert val[0] == val[1]
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
-    """Streaming data with a worker process, killed mid-run with SIGKILL, then --resume."""
+def kill_and_resume(tmp_path, *extra: str) -> None:
+    """Streaming data with a worker process, killed mid-run with SIGKILL, then --resume: the
+    final weights and last losses equal an uninterrupted run's, bit for bit."""
     common = [*TINY_RUN, "--batch_size", "4", "--max_iters", "14", "--save_interval", "3",
-              "--eval_interval", "5", "--data_workers", "1"]
+              "--eval_interval", "5", "--data_workers", "1", *extra]
     whole = run_script("models/gpt.py", *common, "--out_dir", str(tmp_path / "whole"),
                        cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
@@ -136,6 +137,10 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert logged_losses(out)[-3:] == logged_losses(tmp_path / "whole")[-3:]
 
 
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    kill_and_resume(tmp_path)
+
+
 def small_run(tmp_path, **overrides) -> tuple[ModelConfig, TrainConfig]:
     fields = dict(block_size=32, data_workers=0, batch_size=4, max_iters=4, eval_iters=1,
                   sample_tokens=0, log_interval=1, out_dir=str(tmp_path), tensorboard=False)
@@ -160,10 +165,10 @@ def poison(monkeypatch, bad_calls: set[int] | None):
 
     def forward(self, idx, targets=None, start=0):
         out = real_forward(self, idx, targets, start)
+        if targets is None or not self.training:  # evaluation and sampling are not counted
+            return out
         calls[0] += 1
-        if targets is not None and self.training and (bad_calls is None or calls[0] in bad_calls):
-            return out * float("nan")
-        return out
+        return out * float("nan") if bad_calls is None or calls[0] in bad_calls else out
 
     monkeypatch.setattr(GPT, "forward", forward)
 
