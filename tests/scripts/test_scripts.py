@@ -76,3 +76,27 @@ def test_gpu_suite_smoke_prints_every_section(tmp_path):
     assert decode["same_ids"] and decode["speedup"] > 0
     trainer = next(r for r in rows if r["section"].startswith("trainer"))
     assert trainer["exit"] == 0 and "tok/s" in trainer["last_line"]
+
+
+def test_compare_optimizers_smoke_writes_curves_summary_and_plot(tmp_path, capsys):
+    from scripts import compare_optimizers
+
+    compare_optimizers.main(["--smoke", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["optimizer"], r["lr"]) for r in results["runs"]] == \
+        [("adamw", 1e-3), ("adamw", 2e-3), ("muon", 1e-3), ("muon", 2e-3)]
+    for run in results["runs"]:
+        assert run["tokens"] == [0, 3 * 4 * 32, 6 * 4 * 32] and len(run["val_loss"]) == 3
+    summary = results["summary"]
+    assert set(summary["best_lr"]) == {"adamw", "muon"}
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Muon reaches AdamW's final validation loss" in capsys.readouterr().out
+
+
+def test_tokens_to_reach_interpolates_between_evaluations():
+    from scripts.compare_optimizers import tokens_to_reach
+
+    run = {"tokens": [0, 100, 200], "val_loss": [5.0, 3.0, 2.0]}
+    assert tokens_to_reach(run, 3.0) == 100
+    assert tokens_to_reach(run, 2.5) == 150
+    assert tokens_to_reach(run, 1.0) is None
