@@ -11,11 +11,12 @@ from models.trainer import train
 from tests.helpers import run_script
 from tests.models.test_training import (
     STREAMED,
+    assert_same_run,
+    kill_and_resume,
     logged_losses,
     parquet_corpus,
     small_run,
     torchrun,
-    weights,
 )
 from tokenization.tokenizer import byte_tokenizer
 from transformer_setup.params import ConfigError, ModelConfig, TrainConfig, build_configs
@@ -63,8 +64,6 @@ def test_a_short_muon_run_lowers_the_loss(tmp_path):
 
 
 def test_muon_resumes_bitwise_after_sigkill(tmp_path):
-    from tests.models.test_training import kill_and_resume
-
     kill_and_resume(tmp_path, "--optimizer", "muon")
 
 
@@ -77,12 +76,7 @@ def test_muon_on_2_processes_equals_one(tmp_path):
     double = torchrun(2, *args, "--accumulation_steps", "1", "--out_dir", str(tmp_path / "two"),
                       cwd=tmp_path)
     assert double.returncode == 0, double.stderr
-    assert logged_losses(tmp_path / "two") == pytest.approx(logged_losses(tmp_path / "one"),
-                                                            abs=1e-5)
-    ours, reference = weights(tmp_path / "two" / "latest.pt"), weights(tmp_path / "one" /
-                                                                       "latest.pt")
-    for name in reference:
-        torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=1e-5)
+    assert_same_run(tmp_path / "two", tmp_path / "one")
 
 
 def test_muon_with_fsdp_is_refused_in_one_line():

@@ -297,10 +297,15 @@ def test_streamed_data_trains_the_same_on_1_2_and_4_processes(tmp_path):
         result = torchrun(nproc, *STREAMED, "--data", data, "--accumulation_steps",
                           str(accumulation), "--out_dir", str(out), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert logged_losses(out) == pytest.approx(logged_losses(tmp_path / "1x4"), abs=1e-5)
-        ours, reference = weights(out / "latest.pt"), weights(tmp_path / "1x4" / "latest.pt")
-        for name in reference:
-            torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=1e-5)
+        assert_same_run(out, tmp_path / "1x4")
+
+
+def assert_same_run(run, reference, atol: float = 1e-5) -> None:
+    """Two runs' logged losses and final weights agree within atol."""
+    assert logged_losses(run) == pytest.approx(logged_losses(reference), abs=atol)
+    ours, theirs = weights(run / "latest.pt"), weights(reference / "latest.pt")
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=atol)
 
 
 def test_sigkill_on_2_processes_then_resume_on_1(tmp_path):
