@@ -174,3 +174,18 @@ def test_a_missing_dataset_is_one_line(tmp_path):
         result = run_script("models/gpt.py", "--preset", "tiny", "--data", "org/missing",
                             "--out_dir", str(tmp_path / "o"), cwd=tmp_path, env=env)
     assert_one_line_error(result, "cannot reach dataset 'org/missing'")
+
+
+def test_hellaswag_rows_come_from_the_hubs_validation_split(tmp_path, monkeypatch):
+    from evaluation.hellaswag import examples
+
+    repo = tmp_path / "hellaswag"
+    (repo / "data").mkdir(parents=True)
+    rows = {"ctx": [f"context {i}" for i in range(12)],
+            "endings": [[f"ending {i}.{j}" for j in range(4)] for i in range(12)],
+            "label": [str(i % 4) for i in range(12)]}
+    pq.write_table(pa.table(rows), repo / "data" / "validation-00000-of-00001.parquet")
+    pq.write_table(pa.table(rows), repo / "data" / "train-00000-of-00001.parquet")
+    with serve(repo, "Rowan/hellaswag", monkeypatch, tmp_path / "cache"):
+        found = list(examples("hellaswag"))
+    assert [r["ctx"] for r in found] == rows["ctx"] and found[3]["endings"][1] == "ending 3.1"
