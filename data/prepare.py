@@ -157,6 +157,10 @@ def claim_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[s
     return None
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description="Pre-tokenize a data source into shards.")
     parser.add_argument("--data", required=True, help="pydocs, fineweb-edu, a path or glob, ...")
@@ -192,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"{folder} already holds this data, complete")
     for split, totals in meta["splits"].items():
-        print(f"{split}: {totals['tokens']:,} tokens from {totals['documents']:,} documents in "
-              f"{totals['shards']} shards")
+        print(f"{split}: {totals['tokens']:,} tokens from {plural(totals['documents'], 'document')}"
+              f" in {plural(totals['shards'], 'shard')}")
     print(f"written to {folder} ({meta['dtype']}); train with --data {folder} "
           f"--tokenizer {args.tokenizer}")
 

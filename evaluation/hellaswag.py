@@ -15,16 +15,17 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.checkpoint import load_model
-from models.device import resolve_device
-from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
-from transformer_setup.transformer import GPT
+
+if TYPE_CHECKING:
+    from tokenization.tokenizer import Tokenizer
+    from transformer_setup.transformer import GPT
+
+# torch is imported where it is used: --help answers at once.
 
 HUB_ID = "Rowan/hellaswag"
 
@@ -64,26 +65,29 @@ def split_example(row: dict) -> tuple[str, list[str], int]:
     return preprocess(context), [" " + preprocess(e) for e in endings], label
 
 
-@torch.no_grad()
 def ending_scores(model: GPT, tokenizer: Tokenizer, context: str, endings: list[str]
                   ) -> list[float]:
     """Sum of log-probabilities of each ending's tokens, given <|endoftext|> and the context."""
-    device = model.tok_emb.weight.device
-    prefix = [tokenizer.eot_id, *tokenizer.encode(context)]
-    rows = [prefix + tokenizer.encode(e) for e in endings]
-    block = model.config.block_size
-    rows = [r[-(block + 1):] for r in rows]  # keep the ending and as much context as fits
-    width = max(map(len, rows))
-    x = torch.zeros(len(rows), width - 1, dtype=torch.long)
-    y = torch.full((len(rows), width - 1), -1, dtype=torch.long)
-    for i, (row, ending) in enumerate(zip(rows, endings, strict=True)):
-        n_ending = min(len(tokenizer.encode(ending)), len(row) - 1)
-        x[i, :len(row) - 1] = torch.tensor(row[:-1])
-        y[i, len(row) - 1 - n_ending:len(row) - 1] = torch.tensor(row[len(row) - n_ending:])
-    logits = model(x.to(device)).float()
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
-                             ignore_index=-1, reduction="none").view(len(rows), -1)
-    return (-losses.sum(dim=1)).tolist()
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        device = model.tok_emb.weight.device
+        prefix = [tokenizer.eot_id, *tokenizer.encode(context)]
+        rows = [prefix + tokenizer.encode(e) for e in endings]
+        block = model.config.block_size
+        rows = [r[-(block + 1):] for r in rows]  # keep the ending and as much context as fits
+        width = max(map(len, rows))
+        x = torch.zeros(len(rows), width - 1, dtype=torch.long)
+        y = torch.full((len(rows), width - 1), -1, dtype=torch.long)
+        for i, (row, ending) in enumerate(zip(rows, endings, strict=True)):
+            n_ending = min(len(tokenizer.encode(ending)), len(row) - 1)
+            x[i, :len(row) - 1] = torch.tensor(row[:-1])
+            y[i, len(row) - 1 - n_ending:len(row) - 1] = torch.tensor(row[len(row) - n_ending:])
+        logits = model(x.to(device)).float()
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
+                                 ignore_index=-1, reduction="none").view(len(rows), -1)
+        return (-losses.sum(dim=1)).tolist()
 
 
 def evaluate(model: GPT, tokenizer: Tokenizer, rows: Iterator[dict], limit: int | None = None,
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    from models.checkpoint import load_model
+    from models.device import resolve_device
+
     model, tokenizer = load_model(args.checkpoint, resolve_device(args.device))
     result = evaluate(model, tokenizer, examples(args.data), args.limit, progress=not args.json)
     if args.json:

@@ -96,7 +96,7 @@ def export(ckpt: dict[str, Any], output_dir: Path, overwrite: bool = False,
     from transformers import AutoModelForCausalLM, GenerationConfig
     from transformers.utils import logging as transformers_logging
 
-    from hugging_face.weights import hf_family, to_hf_config, to_hf_state_dict
+    from transformer_setup.hf_weights import hf_family, to_hf_config, to_hf_state_dict
 
     transformers_logging.disable_progress_bar()  # our one line says what was written
 

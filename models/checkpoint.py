@@ -145,6 +145,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
     """The model and tokenizer of a checkpoint file, or of a transformers model folder (Llama or
     GPT-2 layout) run through our own model, so both are scored by identical code."""
     if Path(path).is_dir() and (Path(path) / "config.json").is_file():
-        from hugging_face.convert_from_hf import model_from_hf
+        from models.hf_folder import model_from_hf
         return model_from_hf(str(path), device)
     return model_from_checkpoint(load_checkpoint(path, map_location=device), device)

@@ -38,7 +38,7 @@ def twin_models(config, device: torch.device) -> tuple[GPT, torch.nn.Module]:
     import torch
     from transformers import LlamaForCausalLM
 
-    from hugging_face.weights import to_hf_config, to_hf_state_dict
+    from transformer_setup.hf_weights import to_hf_config, to_hf_state_dict
     from transformer_setup.transformer import GPT
 
     torch.manual_seed(0)

@@ -34,16 +34,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from models.device import autocast, peak_flops
-from models.estimate import auto_micro_batch, device_memory_bytes, meta_model, training_memory
-from scripts.benchmark import same_targets, twin_models
-from scripts.benchmark_generation import generation_row, random_checkpoint
 from transformer_setup.cli import ArgumentParser, positive_int, run_main
 from transformer_setup.params import ModelConfig, build_configs
-from transformer_setup.transformer import GPT, flash_attn_func
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the model are imported inside the sections: --help answers at once.
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +70,8 @@ class Setup:
 
 
 def sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -80,6 +81,10 @@ def measure(s: Setup, model: torch.nn.Module, loss_fn, batch: torch.Tensor, comp
             ) -> dict:
     """Seconds of the first optimizer step (compilation included) and of the best later one,
     and the peak memory: each step is micro_steps forward/backward passes and one AdamW step."""
+    import torch
+
+    from models.device import autocast
+
     dtype = dtype or s.dtype
     ctx = autocast(s.device, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=s.device.type == "cuda")
@@ -117,6 +122,9 @@ def measure(s: Setup, model: torch.nn.Module, loss_fn, batch: torch.Tensor, comp
 
 def speed(s: Setup, config: ModelConfig, micro_batch: int, timing: dict) -> dict:
     """tokens/s, ms per micro-batch, MFU and HFU of a measured step."""
+    from models.device import peak_flops
+    from models.estimate import meta_model
+
     tokens = micro_batch * config.block_size
     rate = tokens * s.micro_steps / timing["step_s"]
     model = meta_model(config)
@@ -129,6 +137,11 @@ def speed(s: Setup, config: ModelConfig, micro_batch: int, timing: dict) -> dict
 
 def ours_row(s: Setup, name: str, config: ModelConfig, micro_batch: int,
              compile_model: bool = True) -> dict:
+    import torch
+
+    from models.estimate import training_memory
+    from transformer_setup.transformer import GPT
+
     torch.manual_seed(0)
     model = GPT(config).to(s.device)
     x = torch.randint(0, config.vocab_size, (micro_batch, config.block_size + 1), device=s.device)
@@ -142,6 +155,10 @@ def ours_row(s: Setup, name: str, config: ModelConfig, micro_batch: int,
 
 def peer_row(s: Setup, name: str, compile_model: bool) -> dict:
     """Ours and transformers' Llama, same weights, same targets, same micro-batch."""
+    import torch
+
+    from scripts.benchmark import same_targets, twin_models
+
     config = dataclasses.replace(s.config, vocab_multiple=1)
     ours, theirs = twin_models(config, s.device)
     x = torch.randint(0, config.vocab_size, (s.micro_batch, config.block_size + 1),
@@ -161,6 +178,11 @@ def peer_row(s: Setup, name: str, compile_model: bool) -> dict:
 
 
 def environment_row(s: Setup) -> dict:
+    import torch
+
+    from models.device import peak_flops
+    from transformer_setup.transformer import flash_attn_func
+
     row = {"section": "environment", "torch": torch.__version__, "cuda": torch.version.cuda,
            "flash_attn": None if flash_attn_func is None else
            __import__("flash_attn").__version__, "device": str(s.device)}
@@ -203,6 +225,8 @@ def trainer_row(s: Setup) -> dict:
 
 
 def run_suite(s: Setup) -> None:
+    import torch
+
     s.report(environment_row(s))
     preset = s.config
     sections = [
@@ -237,6 +261,8 @@ def run_suite(s: Setup) -> None:
 
 
 def flash_row(s: Setup) -> dict | None:
+    from transformer_setup.transformer import flash_attn_func
+
     if flash_attn_func is None or s.device.type != "cuda":
         return {"section": "flash-attn vs SDPA", "skipped": "flash-attn not importable here"}
     flash = ours_row(s, "flash-attn", dataclasses.replace(s.config, attention="flash"),
@@ -248,6 +274,8 @@ def flash_row(s: Setup) -> dict | None:
 
 
 def decode_row(s: Setup) -> dict:
+    from scripts.benchmark_generation import generation_row, random_checkpoint
+
     ckpt = random_checkpoint("1b" if not s.smoke else "tiny", s.config.n_layer)
     row = generation_row(ckpt, s.device, s.dtype, 32 if not s.smoke else 8,
                          128 if not s.smoke else 8, 2 if not s.smoke else 1,
@@ -256,6 +284,10 @@ def decode_row(s: Setup) -> dict:
 
 
 def fp16_row(s: Setup) -> dict:
+    import torch
+
+    from transformer_setup.transformer import GPT
+
     torch.manual_seed(0)
     model = GPT(s.config).to(s.device)
     x = torch.randint(0, s.config.vocab_size, (s.micro_batch, s.config.block_size + 1),
@@ -280,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(os.cpu_count() or 1))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    from models.estimate import auto_micro_batch, device_memory_bytes
+
     from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")

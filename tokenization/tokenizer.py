@@ -217,6 +217,9 @@ def _pattern_of(pre_tokenizer: dict | None) -> str:
     raise ValueError(f"its pre-tokenizer ({pre_tokenizer.get('type')}) is not byte-level BPE")
 
 
+KNOWN_FINGERPRINTS = {"6bcb0bd756b32ff5": "gpt2", "d40cb3cb9d79ea4f": "bytes"}
+
+
 def tokenizer_from_folder(directory: str | Path) -> Tokenizer:
     """A byte-level BPE folder in transformers' format (tokenizer.json), as save() writes."""
     directory = Path(directory)
@@ -239,7 +242,10 @@ def tokenizer_from_folder(directory: str | Path) -> Tokenizer:
         raise TokenizerError(f"{path} is not a usable byte-level BPE tokenizer ({err})") from None
     if EOT not in special:
         raise TokenizerError(f"{path} has no {EOT} special token")
-    return Tokenizer(directory.resolve().name, ranks, special, pattern)
+    tokenizer = Tokenizer(directory.resolve().name, ranks, special, pattern)
+    # A folder holding one of the built-in vocabularies is called by its name, not the folder's.
+    tokenizer.name = KNOWN_FINGERPRINTS.get(tokenizer.fingerprint(), tokenizer.name)
+    return tokenizer
 
 
 def get_tokenizer(name_or_path: str) -> Tokenizer:

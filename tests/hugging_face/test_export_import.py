@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, L
 from data.sources import get_source
 from hugging_face import convert_from_hf
 from hugging_face.convert_to_hf import export
-from hugging_face.weights import to_hf_config
 from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from models.generate import generate_ids
 from models.gpt import config_from_init
@@ -19,6 +18,7 @@ from models.trainer import train
 from tests.helpers import FIXTURES, assert_one_line_error, run_script
 from tokenization.tokenizer import byte_tokenizer
 from transformer_setup.cli import UserError
+from transformer_setup.hf_weights import to_hf_config
 from transformer_setup.params import ModelConfig, build_configs
 from transformer_setup.transformer import GPT
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from hugging_face.weights import from_hf_config, from_hf_state_dict, to_hf_config
 from models.estimate import meta_model
+from transformer_setup.hf_weights import from_hf_config, from_hf_state_dict, to_hf_config
 from transformer_setup.params import ModelConfig, build_configs
 from transformer_setup.transformer import GPT, flash_attn_func
 
@@ -185,7 +185,7 @@ def test_flops_per_token_counts_matmuls_and_attention():
                                     dict(GPT2_SMALL, vocab_multiple=64),
                                     dict(GPT2_SMALL, tie_embeddings=False)])
 def test_weights_round_trip_through_transformers_names(fields):
-    from hugging_face.weights import to_hf_state_dict
+    from transformer_setup.hf_weights import to_hf_state_dict
     config = ModelConfig(**fields)
     ours = make_model(**fields).state_dict()
     theirs = to_hf_state_dict(ours, config)
