@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any
     first = ArgumentParser(add_help=False)
     first.add_argument("--preset", choices=list(PRESETS))
     preset = first.parse_known_args(argv)[0].preset  # its values become the defaults shown
+    overrides = vars(make_parser(preset).parse_args(argv))
+    return overrides.pop("preset", None), overrides
+
+
+def make_parser(preset: str | None = None) -> ArgumentParser:
+    """Every config field as a flag, described by its comment, with the preset's values."""
     shown = {}
     if preset:
         values = {**PRESETS[preset]["model"], **PRESETS[preset]["train"]}
@@ -48,8 +54,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any
                         "minutes, offline; gpt2 is GPT-2 small; 1b is the flagship")
     add_dataclass_arguments(parser, ModelConfig, "model (ModelConfig)", shown)
     add_dataclass_arguments(parser, TrainConfig, "training (TrainConfig)", shown)
-    overrides = vars(parser.parse_args(argv))
-    return overrides.pop("preset", None), overrides
+    return parser
 
 
 # ----------------------------------------------------------------------------- dry run

@@ -313,10 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(os.cpu_count() or 1))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from models.estimate import auto_micro_batch, device_memory_bytes
-
-    from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

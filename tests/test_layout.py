@@ -4,9 +4,9 @@ models/ stay short, and every entry script's --help answers without torch or tra
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -95,3 +95,11 @@ def test_help_answers_without_torch_or_transformers(script):
                             timeout=120)
     assert "usage:" in result.stdout, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout.splitlines()[-1]
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv not on PATH")
+def test_a_plain_uv_run_compiles_nothing():
+    result = subprocess.run(["uv", "run", "python", "-c", "print('ok')"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "ok", result.stderr
+    assert "Bytecode compiled" not in result.stderr

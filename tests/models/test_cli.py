@@ -1,11 +1,14 @@
 """The entry scripts as a user runs them: dry run, bad input, the quickstart, inference."""
 
+import fcntl
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -131,3 +134,43 @@ def test_truncated_checkpoint_is_one_clear_line(quickstart, tmp_path):
     truncated.write_bytes((out_dir / "best_model.pt").read_bytes()[:5000])
     result = run_script("models/inference.py", str(truncated), "--prompt", "x", cwd=tmp_path)
     assert_one_line_error(result, "truncated")
+
+
+def test_every_flag_is_explained_and_a_preset_shows_its_values(tmp_path):
+    from models.gpt import make_parser
+    from transformer_setup.params import ModelConfig, TrainConfig
+
+    helps = {action.dest: action.help for action in make_parser()._actions}
+    for name in [*ModelConfig.__dataclass_fields__, *TrainConfig.__dataclass_fields__]:
+        assert helps[name].split("(default: ")[0].strip(), f"--{name} has no description"
+    tiny = re.sub(r"\s+", " ", run_script("models/gpt.py", "--preset", "tiny", "--help",
+                                          cwd=tmp_path).stdout)
+    assert "(default: bytes with --preset tiny)" in tiny
+    assert "(default: out/tiny with --preset tiny)" in tiny
+
+
+def test_the_first_command_offline_points_to_the_tiny_preset(tmp_path):
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty"),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    env.pop("GPT2_TIKTOKEN_FILE", None)
+    result = run_script("models/gpt.py", cwd=tmp_path, env=env, timeout=120)
+    assert_one_line_error(result, "GPT-2's BPE", "--preset tiny")
+
+
+def test_perplexity_shows_progress_on_a_terminal(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 wide
+    proc = subprocess.Popen([sys.executable, str(REPO / "evaluation/eval_perplexity.py"),
+                             str(out_dir / "best_model.pt"), "--data", "pydocs",
+                             "--max_tokens", "3000"],
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+                            close_fds=True)
+    os.close(terminal)
+    try:
+        text = read_until(controller, "bits per byte", timeout=120)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(controller)
+    assert "scoring" in text and "%|" in text, text
