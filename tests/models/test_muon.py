@@ -84,3 +84,12 @@ def test_muon_with_fsdp_is_refused_in_one_line():
         build_configs("tiny", {"optimizer": "muon", "fsdp": True})
     _, tc = build_configs("tiny", {"optimizer": "muon"})
     assert dataclasses.replace(tc, muon_lr=0.01).muon_lr == 0.01
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_muon_under_mixed_precision(tmp_path, dtype):
+    model_config, train_config = small_run(tmp_path, optimizer="muon", dtype=dtype, max_iters=3)
+    result = train(model_config, train_config, byte_tokenizer())
+    ckpt = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert result["step"] == 3 and set(ckpt["optimizer"]) == {"adamw", "muon"}
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
