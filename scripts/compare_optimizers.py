@@ -57,13 +57,16 @@ def one_run(shards: Path, shape: str, optimizer: str, lr: float, steps: int, bat
               "data_workers": 0}
     model_config, train_config = build_configs("tiny", fields)
     model_config = dataclasses.replace(model_config, vocab_size=257)
-    if (run_dir / "train.log").exists():
-        (run_dir / "train.log").unlink()  # a rerun writes its curve afresh
-    for stale in run_dir.glob("*.pt"):
-        stale.unlink()
-    with contextlib.redirect_stdout(io.StringIO()):
-        train(model_config, train_config, byte_tokenizer())
-    log = (run_dir / "train.log").read_text()
+    log_path = run_dir / "train.log"
+    finished = log_path.exists() and f"done: {steps} steps" in log_path.read_text() and \
+        f"training: {train_config}" in log_path.read_text()
+    if not finished:  # a run of the same settings is reused: a wider sweep adds only new rates
+        log_path.unlink(missing_ok=True)
+        for stale in run_dir.glob("*.pt"):
+            stale.unlink()
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(model_config, train_config, byte_tokenizer())
+    log = log_path.read_text()
     tokens_per_step = batch * model_config.block_size
     curve = [(int(step) * tokens_per_step, float(loss), float(bpb)) for step, loss, bpb in
              re.findall(r"^step (\d+): val loss ([\d.]+) \| val bits/byte ([\d.]+)", log, re.M)]
