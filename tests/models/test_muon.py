@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.optim import Optimizers, make_optimizer, muon_parameters
+from models.optim import Muon, Optimizers, make_optimizer, muon_parameters
 from models.trainer import train
 from tests.helpers import run_script
 from tests.models.test_training import (
@@ -45,13 +45,33 @@ def test_muons_update_of_a_matrix_is_orthogonalised():
     weight = torch.nn.Parameter(torch.zeros(64, 64))
     u, _, v = torch.linalg.svd(torch.randn(64, 64))
     weight.grad = u @ torch.diag(torch.logspace(0, -2, 64)) @ v.T  # singular values 1 .. 0.01
-    muon = torch.optim.Muon([weight], lr=1.0, weight_decay=0.0, momentum=0.0, nesterov=False)
+    muon = Muon([weight], lr=1.0, weight_decay=0.0, momentum=0.0, nesterov=False)
     muon.step()
     update = -weight.detach()  # from zero, one step of lr 1 (a square matrix: no scaling)
     singular = torch.linalg.svdvals(update)
     # Five steps of the quintic Newton-Schulz iteration bring every singular value near 1 (the
     # method trades exactness for speed: about 0.7 to 1.2), where the gradient's spanned 100x.
     assert 0.6 < singular.min() and singular.max() < 1.25, singular
+
+
+def test_muon_on_cpu_takes_torchs_steps_in_float32():
+    """Our CPU step (float32 iteration) against torch.optim.Muon's (bfloat16 iteration): the
+    same momentum, Nesterov, decay and match_rms_adamw scale, so the weights agree to bf16's
+    precision over several steps; the float32 ones are closer to an exact orthogonalisation."""
+    torch.manual_seed(0)
+    start = torch.randn(48, 96) * 0.02
+    weights = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    settings = {"lr": 0.01, "weight_decay": 0.1, "momentum": 0.9,
+                "adjust_lr_fn": "match_rms_adamw"}
+    ours, torchs = Muon([weights[0]], **settings), torch.optim.Muon([weights[1]], **settings)
+    for _ in range(4):
+        grad = torch.randn(48, 96)
+        for weight, optimizer in zip(weights, (ours, torchs)):
+            weight.grad = grad.clone()
+            optimizer.step()
+    moved = (weights[1] - start).abs().max()
+    assert (weights[0] - weights[1]).abs().max() < 0.02 * moved
+    assert set(ours.state[weights[0]]) == set(torchs.state[weights[1]]) == {"momentum_buffer"}
 
 
 def test_a_short_muon_run_lowers_the_loss(tmp_path):
