@@ -125,18 +125,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval_interval", type=positive_int, default=50)
     parser.add_argument("--lrs", type=positive_float, nargs="+", default=[1e-3, 2e-3, 4e-3],
                         help="peak learning rates tried for each optimizer")
+    parser.add_argument("--muon_lrs", type=positive_float, nargs="+",
+                        help="Muon's own rates, where its best lies outside --lrs")
     parser.add_argument("--out", default="out/compare_optimizers")
     parser.add_argument("--smoke", action="store_true", help="a tiny shape for a few steps")
     args = parser.parse_args(argv)
     if args.smoke:
         args.shape, args.steps, args.batch_size, args.eval_interval = "smoke", 6, 4, 3
-        args.lrs = args.lrs[:2]
+        args.lrs, args.muon_lrs = args.lrs[:2], (args.muon_lrs or args.lrs)[:2]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shards = prepare_data(out)
     runs = []
-    for optimizer in ("adamw", "muon"):
-        for lr in args.lrs:
+    for optimizer, lrs in (("adamw", args.lrs), ("muon", args.muon_lrs or args.lrs)):
+        for lr in lrs:
             run = one_run(shards, args.shape, optimizer, lr, args.steps, args.batch_size,
                           args.eval_interval, out)
             runs.append(run)

@@ -81,10 +81,10 @@ def test_gpu_suite_smoke_prints_every_section(tmp_path):
 def test_compare_optimizers_smoke_writes_curves_summary_and_plot(tmp_path, capsys):
     from scripts import compare_optimizers
 
-    compare_optimizers.main(["--smoke", "--out", str(tmp_path)])
+    compare_optimizers.main(["--smoke", "--out", str(tmp_path), "--muon_lrs", "4e-3", "8e-3"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert [(r["optimizer"], r["lr"]) for r in results["runs"]] == \
-        [("adamw", 1e-3), ("adamw", 2e-3), ("muon", 1e-3), ("muon", 2e-3)]
+        [("adamw", 1e-3), ("adamw", 2e-3), ("muon", 4e-3), ("muon", 8e-3)]
     for run in results["runs"]:
         assert run["tokens"] == [0, 3 * 4 * 32, 6 * 4 * 32] and len(run["val_loss"]) == 3
     summary = results["summary"]
