@@ -83,7 +83,8 @@ CASES = [
     ("gpt", [*TINY, "--init_from", "{root}/huge.pt"], "needs (1000000000000, 16)"),
     ("gpt", [*TINY, "--resume"], "no checkpoint to resume from"),
     ("gpt", [*TINY, "--out_dir", "{root}/not_a_folder/out"], "cannot create"),
-    ("gpt", [*TINY, "--fsdp"], "start the run with torchrun"),
+    ("gpt", [*TINY, "--fsdp", "--optimizer", "adamw"], "start the run with torchrun"),
+    ("gpt", [*TINY, "--fsdp"], "optimizer muon with fsdp is not supported"),
     ("gpt", [*TINY, "--data", "{root}/busy"], "too small to split"),
     # generation and evaluation
     ("inference", ["{root}/missing.pt", "--prompt", "x"], "checkpoint not found"),

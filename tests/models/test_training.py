@@ -83,7 +83,8 @@ def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_gloo_processes_equal_one_with_the_same_global_batch(mode, shards, tmp_path):
     common = [*TINY_RUN, "--data", str(shards), "--max_iters", "4", "--accumulation_steps", "2",
-              "--sample_tokens", "8"]  # sampling is collective under FSDP: must not hang
+              "--sample_tokens", "8",  # sampling is collective under FSDP: must not hang
+              "--optimizer", "adamw"]  # FSDP shards matrices Muon needs whole (test_muon: DDP)
     single = run_script("models/gpt.py", *common, "--batch_size", "8", "--out_dir",
                         str(tmp_path / "single"), cwd=tmp_path)
     assert single.returncode == 0, single.stderr
