@@ -1,8 +1,9 @@
 """AdamW against Muon, loss for loss: the same model, data, seed and token budget, each at its
 own best learning rate from a small sweep.
 
-    python scripts/compare_optimizers.py --shape tiny --steps 600
-    python scripts/compare_optimizers.py --shape 10m --steps 400 --lrs 1e-3 3e-3
+    python scripts/compare_optimizers.py --shape tiny --lrs 2e-3 4e-3 8e-3
+    python scripts/compare_optimizers.py --shape 10m --steps 300 --batch_size 16 \
+        --lrs 5e-4 1e-3 2e-3 4e-3 --muon_lrs 2e-3 4e-3
     python scripts/compare_optimizers.py --smoke            # seconds: checks it runs
 
 Data: `pydocs` (offline), prepared once into byte-level shards under --out. Every run trains from
