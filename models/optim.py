@@ -55,9 +55,9 @@ class Muon(torch.optim.Muon):
     """torch.optim.Muon with the Newton-Schulz iteration in float32 on a CPU. torch runs it in
     bfloat16, which CPUs without bf16 instructions emulate: one 384x384 matrix took 0.70 s
     there against 0.03 s in float32 (2-core AMD EPYC without AVX-512), which made a
-    10M-parameter model's step a minute long. On GPUs torch's own step runs unchanged. Same state, same update rule
-    (momentum, Nesterov, decoupled decay, the shape scale); only the precision of
-    the iteration differs."""
+    10M-parameter model's step a minute long. On GPUs torch's own step runs unchanged. Same
+    state, same update rule (momentum, Nesterov, decoupled decay, the shape scale); only the
+    precision of the iteration differs."""
 
     @torch.no_grad()
     def step(self, closure=None):
