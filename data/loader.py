@@ -8,55 +8,70 @@ identical rows, and a run may resume on another number of processes.
 **Streamed sources: packing lanes.** The split's units (see data.sources) are put in a seeded
 permutation per epoch, and the permutations are concatenated into one sequence S. Global row g is
 packing lane g: it reads units S[g], S[g + G], S[g + 2G], ..., so every unit is read once per
-epoch, by exactly one lane, and the rows of a batch come from G different units. A lane's tokens
-are its units' documents, each preceded by <|endoftext|>; a row is T + 1 consecutive tokens
-(inputs and targets shifted by one) and the lane's next row starts at that row's last target, so
-no token is lost or repeated. A lane's state is (k, p): its k-th unit, token offset p. Resuming
-opens each lane's current unit and starts at p: the cost does not grow with the position.
+epoch, by exactly one lane, and the rows of a batch come from G different units. A unit is read
+as its pieces in order (most units are one piece; a big parquet row group is several). A lane's
+tokens are its units' documents, each preceded by <|endoftext|>; a row is T + 1 consecutive
+tokens (inputs and targets shifted by one) and the lane's next row starts at that row's last
+target, so no token is lost or repeated.
 
-**Workers** (`workers` processes) read and tokenize the units the lanes will need next (a lane
-asks for its next unit when fewer than PREFETCH_ROWS rows remain in what it holds); they never
-decide what is read, so the number of workers does not change the data.
+**Fewer units than rows.** Then several lanes read the same unit in the same round: each starts
+at another place in it (a fraction of the unit, golden-ratio steps per epoch: `rotation`), reads
+to its end and wraps around to where it started, so no two rows of a batch start at the same
+text, and the unit is still read whole.
+
+**State and resume.** A lane's state is (k, s, p): its k-th unit, segment s of it (the pieces
+in the order the lane reads them), token offset p. Resuming opens each lane's current segment
+and starts at p: the cost does not grow with the position.
+
+**Workers** (`workers` processes) read and tokenize the pieces the lanes will need next (a lane
+asks for more when fewer than PREFETCH_ROWS rows remain in what it holds). Lane g's reads go to
+worker g mod workers, in order, so the pieces of a big row group are one decoding stream there.
+Workers never decide what is read: their number does not change the data.
 
 **Prepared shards.** Each shard is cut into non-overlapping blocks (T + 1 tokens at multiples of
 T); all blocks are put in a seeded permutation per epoch, concatenated as above, and step s takes
 positions [s*G, (s+1)*G) of it: every block once per epoch. The state is that position.
 
-Validation reads the held-out split in order as one lane of consecutive rows (`validation_batches`
-and `PreparedLoader(shuffle=False)`): the same text at any number of processes.
+The fixed validation set is built by data.validation.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from data.shards import document_tokens, read_prepared, token_dtype
+from data.shards import read_prepared, token_dtype
 from data.sources import DataError, Source, Unit
 from tokenization.tokenizer import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 PREFETCH_ROWS = 32  # keep about this many rows per lane read or requested ahead
-MAX_PENDING = 64  # units one lane may have requested and not yet received
+MAX_PENDING = 64  # pieces one lane may have requested and not yet received
+STATE_VERSION = 2  # lanes saved as (unit, segment, offset)
+GOLDEN = (math.sqrt(5) - 1) / 2
 
 
-def unit_tokens(source: Source, unit: Unit, tokenizer: Tokenizer) -> np.ndarray:
-    """Every document of a unit, tokenized and concatenated (as document_tokens makes them)."""
+def unit_tokens(source: Source, unit: Unit, tokenizer: Tokenizer, piece: int = 0,
+                stream: Any = None) -> np.ndarray:
+    """Every document of a unit's piece, tokenized and concatenated, each after
+    <|endoftext|> (as prepare.py writes them)."""
     dtype = token_dtype(tokenizer.n_vocab)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
     pieces = [eot[:0]]
-    for text in source.read(unit):
+    for text in source.read(unit, piece, stream):
         pieces += [eot, np.array(tokenizer.encode(text), dtype=dtype)]
     return np.concatenate(pieces)
 
@@ -68,7 +83,7 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Batch:
     return x.to(device), y.to(device)
 
 
-def _rows_to_batch(rows: list[np.ndarray], device: torch.device) -> Batch:
+def rows_to_batch(rows: list[np.ndarray] | np.ndarray, device: torch.device) -> Batch:
     blocks = torch.from_numpy(np.stack(rows).astype(np.int64))
     return _to_device(blocks[:, :-1], blocks[:, 1:], device)
 
@@ -162,8 +177,9 @@ def _init_worker(source: Source, units: list[Unit], tokenizer: Tokenizer, parent
     _worker.update(source=source, units=units, tokenizer=tokenizer)
 
 
-def _read_in_worker(unit: int) -> np.ndarray:
-    return unit_tokens(_worker["source"], _worker["units"][unit], _worker["tokenizer"])
+def _read_in_worker(unit: int, piece: int, lane: int) -> np.ndarray:
+    return unit_tokens(_worker["source"], _worker["units"][unit], _worker["tokenizer"], piece,
+                       stream=lane)
 
 
 class _Ready:
@@ -180,31 +196,34 @@ class _Ready:
 
 
 class UnitReader:
-    """Reads and tokenizes units: in this process, or ahead of time in worker processes."""
+    """Reads and tokenizes pieces of units: in this process, or ahead of time in worker
+    processes. Lane g's reads all go to worker g mod workers, in the order asked, so the pieces
+    of one big row group continue one decoding stream there."""
 
     def __init__(self, source: Source, units: list[Unit], tokenizer: Tokenizer,
                  workers: int) -> None:
         self.source, self.units, self.tokenizer = source, units, tokenizer
-        self.pool = None
-        if workers > 0:
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("fork"),
-                initializer=_init_worker, initargs=(source, units, tokenizer, os.getpid()))
-            # Fork the workers now, while this process is quiet (no logging or TensorBoard
-            # threads yet): a fork copies whatever locks other threads hold at that moment.
-            self.pool.submit(os.getpid).result()
+        context = multiprocessing.get_context("fork")
+        self.pools = [concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=context, initializer=_init_worker,
+            initargs=(source, units, tokenizer, os.getpid())) for _ in range(workers)]
+        # Fork the workers now, while this process is quiet (no logging or TensorBoard
+        # threads yet): a fork copies whatever locks other threads hold at that moment.
+        for pool in self.pools:
+            pool.submit(os.getpid).result()
 
-    def request(self, unit: int | None):
+    def request(self, lane: int, unit: int | None, piece: int = 0):
         if unit is None:  # the end of a sequence that does not repeat
             return _Ready(None)
-        if self.pool is None:
-            return _Ready(unit_tokens(self.source, self.units[unit], self.tokenizer))
-        return self.pool.submit(_read_in_worker, unit)
+        if not self.pools:
+            return _Ready(unit_tokens(self.source, self.units[unit], self.tokenizer, piece,
+                                      stream=lane))
+        return self.pools[lane % len(self.pools)].submit(_read_in_worker, unit, piece, lane)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        for pool in self.pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.pools = []
 
 
 def _result(future) -> np.ndarray | None:
@@ -217,8 +236,17 @@ def _result(future) -> np.ndarray | None:
 
 # ----------------------------------------------------------------------------- lanes
 
+def rotation(position: int, units: int, rows: int) -> float:
+    """Where in its unit the lane reading S[position] starts, as a fraction of the unit: 0 when
+    there are at least as many units as rows; otherwise another fraction in every epoch
+    (multiples of the golden ratio), so lanes reading the same unit in one round start apart."""
+    if units >= rows:
+        return 0.0
+    return (position // units) * GOLDEN % 1.0
+
+
 class UnitSizes:
-    """The running mean of tokens per unit, shared by a loader's lanes: how many units to
+    """The running mean of tokens per piece, shared by a loader's lanes: how many pieces to
     request ahead so that about PREFETCH_ROWS rows are on their way."""
 
     def __init__(self) -> None:
@@ -231,28 +259,88 @@ class UnitSizes:
         return max(1.0, self.tokens / self.units) if self.units else default
 
 
-class Lane:
-    """One global row's token stream: units S[g], S[g + G], ... read through `request`."""
+@dataclass(frozen=True)
+class Plan:
+    """How a lane reads its k-th unit: `pieces` pieces starting at piece `first`, the first of
+    them from token fraction `fraction` on; segment s is piece (first + s) % pieces, and when
+    fraction > 0, one more segment at the end holds the first piece's part before it."""
 
-    def __init__(self, index: int, stride: int, order: Order,
-                 request: Callable[[int | None], Any], sizes: UnitSizes, k: int = 0,
+    unit: int | None  # None: the order has ended (no repeat)
+    pieces: int = 1
+    first: int = 0
+    fraction: float = 0.0
+
+    @property
+    def segments(self) -> int:
+        return self.pieces + (1 if self.fraction > 0 else 0)
+
+    def piece(self, s: int) -> int:
+        return (self.first + s) % self.pieces
+
+
+class Lane:
+    """One global row's token stream: units S[g], S[g + G], ... read piece by piece."""
+
+    def __init__(self, index: int, stride: int, order: Order, units: list[Unit],
+                 request: Callable[..., Any], sizes: UnitSizes, k: int = 0, s: int = 0,
                  p: int = 0) -> None:
-        self.index, self.stride, self.order, self.request = index, stride, order, request
-        self.sizes = sizes
-        self.k, self.p = k, p  # the next row starts at token p of this lane's k-th unit
-        self.loaded: list[np.ndarray] = []  # units k, k+1, ... read so far
-        self.pending: collections.deque = collections.deque()  # the units after those
+        self.index, self.stride, self.order, self.units = index, stride, order, units
+        self.request, self.sizes = request, sizes
+        self.k, self.s, self.p = k, s, p  # the next row starts at token p of segment s of unit k
+        self.loaded: list[np.ndarray] = []  # segments from (k, s) on, read so far
+        self.pending: collections.deque = collections.deque()  # (plan, segment, future)
+        self.asked = (k, s)  # the next segment to request
+        self.head: tuple[int, np.ndarray] | None = None  # unit k's first piece before `fraction`
+        self.empty = 0  # segments in a row without a token
+        self._plans: dict[int, Plan] = {}
+
+    def plan(self, k: int) -> Plan:
+        if k not in self._plans:
+            position = self.index + k * self.stride
+            unit = self.order[position]
+            if unit is None:
+                self._plans[k] = Plan(None)
+            else:
+                pieces = self.units[unit].pieces
+                x = rotation(position, self.order.n, self.stride) * pieces
+                self._plans[k] = Plan(unit, pieces, int(x), x - int(x))
+            for old in [j for j in self._plans if j < self.k]:
+                del self._plans[old]
+        return self._plans[k]
 
     def _ask(self) -> None:
-        j = self.k + len(self.loaded) + len(self.pending)
-        self.pending.append(self.request(self.order[self.index + j * self.stride]))
+        k, s = self.asked
+        plan = self.plan(k)
+        if plan.unit is None:
+            future = _Ready(None)
+        elif s == plan.pieces:  # the head of the first piece: kept from segment 0 if read here
+            future = None
+        else:
+            future = self.request(self.index, plan.unit, plan.piece(s))
+        self.pending.append((plan, k, s, future))
+        self.asked = (k, s + 1) if s + 1 < plan.segments else (k + 1, 0)
+
+    def _receive(self) -> np.ndarray | None:
+        plan, k, s, future = self.pending.popleft()
+        if future is None and self.head is not None and self.head[0] == k:
+            return self.head[1]
+        if future is None:  # resumed past segment 0: read the first piece again
+            future = self.request(self.index, plan.unit, plan.first)
+        tokens = _result(future)
+        if tokens is None or plan.fraction == 0:
+            return tokens
+        cut = int(plan.fraction * len(tokens))
+        if s == 0:
+            self.head = (k, tokens[:cut])
+            return tokens[cut:]
+        return tokens[:cut]
 
     def _available(self) -> int:
         return sum(len(tokens) for tokens in self.loaded) - self.p
 
     def _prefetch(self, want: int) -> None:
-        """Request units until about `want` tokens are held or on their way."""
-        if not self.loaded:  # the first unit's size, and p within it, decide what comes next
+        """Request pieces until about `want` tokens are held or on their way."""
+        if not self.loaded:  # the first segment's size, and p within it, decide what comes next
             if not self.pending:
                 self._ask()
             return
@@ -261,19 +349,24 @@ class Lane:
                 self._available() + len(self.pending) * mean < want:
             self._ask()
 
+    def _next_segment(self) -> None:
+        """Move (k, s) past the segment just used up."""
+        plan = self.plan(self.k)
+        self.k, self.s = (self.k, self.s + 1) if self.s + 1 < plan.segments else \
+            (self.k + 1, 0)
+
     def row(self, length: int, advance: int) -> np.ndarray | None:
         """The next `length` tokens, then move on by `advance`; None at the end of the data."""
-        empty = 0
         while self._available() < length:
             self._prefetch(length)
             if not self.pending:
                 self._ask()
-            tokens = _result(self.pending.popleft())
+            tokens = self._receive()
             if tokens is None:
                 return None
             self.sizes.add(len(tokens))
-            empty = empty + 1 if len(tokens) == 0 else 0
-            if empty > self.order.n:  # a whole epoch without a token
+            self.empty = self.empty + 1 if len(tokens) == 0 else 0
+            if self.empty and self.empty > 2 * sum(u.pieces for u in self.units) + 2:
                 raise DataError("the data has no documents (empty, filtered out, or all "
                                 "shorter than 20 characters after cleaning)")
             self.loaded.append(tokens)
@@ -287,13 +380,14 @@ class Lane:
         self.p += advance
         while self.loaded and self.p >= len(self.loaded[0]):
             self.p -= len(self.loaded.pop(0))
-            self.k += 1
+            self._next_segment()
         self._prefetch(PREFETCH_ROWS * length)
         return np.concatenate(pieces)
 
     def close(self) -> None:
-        for future in self.pending:
-            future.cancel()
+        for _, _, _, future in self.pending:
+            if future is not None:
+                future.cancel()
 
 
 class StreamingLoader:
@@ -306,13 +400,14 @@ class StreamingLoader:
                  device: torch.device | str = "cpu", repeat: bool = True) -> None:
         self.units = source.units(split)
         self.fingerprint = source.fingerprint(split)
+        self.revision = source.revision
         self.block_size, self.batch_size, self.accumulation = block_size, batch_size, accumulation
         self.rows, self.first_row = rank_rows(batch_size, accumulation, rank, world_size)
         self.seed, self.device = seed, torch.device(device)
         self.order = Order(len(self.units), seed, repeat=repeat)
         self.reader = UnitReader(source, self.units, tokenizer, workers)
         self.sizes = UnitSizes()
-        self.positions = {g: (0, 0) for g in self._my_rows()}  # (k, p) before lanes exist
+        self.positions = {g: (0, 0, 0) for g in self._my_rows()}  # (k, s, p) before lanes exist
         self.lanes: list[Lane] | None = None
         self.micro = 0  # the next micro-batch of the step
 
@@ -320,9 +415,9 @@ class StreamingLoader:
         return range(self.first_row, self.first_row + self.batch_size * self.accumulation)
 
     def _start(self) -> list[Lane]:
-        lanes = [Lane(g, self.rows, self.order, self.reader.request, self.sizes,
+        lanes = [Lane(g, self.rows, self.order, self.units, self.reader.request, self.sizes,
                       *self.positions[g]) for g in self._my_rows()]
-        for lane in lanes:  # every lane's first unit requested at once: workers read in parallel
+        for lane in lanes:  # every lane's first piece requested at once: workers read in parallel
             lane._prefetch(self.block_size + 1)
         return lanes
 
@@ -334,20 +429,24 @@ class StreamingLoader:
         if any(row is None for row in rows):
             raise StopIteration  # not repeating: the data has run out
         self.micro = (self.micro + 1) % self.accumulation
-        return _rows_to_batch(rows, self.device)
+        return rows_to_batch(rows, self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's lanes (merge_states joins the ranks'); taken between optimizer steps."""
-        lanes = {lane.index: [lane.k, lane.p] for lane in self.lanes} if self.lanes else \
-            {g: list(kp) for g, kp in self.positions.items()}
-        return {"kind": "lanes", "rows": self.rows, "block_size": self.block_size,
-                "seed": self.seed, "fingerprint": self.fingerprint, "units": len(self.units),
-                "lanes": lanes}
+        lanes = {lane.index: [lane.k, lane.s, lane.p] for lane in self.lanes} if self.lanes \
+            else {g: list(ksp) for g, ksp in self.positions.items()}
+        return {"kind": "lanes", "version": STATE_VERSION, "rows": self.rows,
+                "block_size": self.block_size, "seed": self.seed,
+                "fingerprint": self.fingerprint, "revision": self.revision,
+                "units": len(self.units), "lanes": lanes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "lanes":
             raise DataError("cannot resume: the checkpoint's data position is not from a "
                             "streamed source (was it trained on prepared shards?)")
+        if state.get("version") != STATE_VERSION:
+            raise DataError("cannot resume: the checkpoint's data position was saved by an "
+                            "older version of the loader; start a new run (or --init_from it)")
         check_rows(state, self.rows, self.block_size, self.seed, self.fingerprint)
         self.close_lanes()
         self.positions = {g: tuple(state["lanes"][g]) for g in self._my_rows()}
@@ -375,27 +474,8 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     ranks share)."""
     merged = dict(states[0])
     if merged.get("kind") == "lanes":
-        merged["lanes"] = {g: kp for state in states for g, kp in state["lanes"].items()}
+        merged["lanes"] = {g: ksp for state in states for g, ksp in state["lanes"].items()}
     return merged
-
-
-def validation_batches(source: Source, split: str, tokenizer: Tokenizer, block_size: int,
-                       rows: int, count: int, device: torch.device | str = "cpu"
-                       ) -> list[Batch]:
-    """The first `count` batches of `rows` consecutive rows of the split's documents in order
-    (one lane, nothing wasted between rows; the tokens prepare.py writes for the split): the
-    same text at any number of processes."""
-    need = count * rows * block_size + 1
-    stream: list[int] = []
-    for text in source.documents(split):
-        stream += document_tokens(tokenizer, text)
-        if len(stream) >= need:
-            break
-    T, device = block_size, torch.device(device)
-    blocks = [np.array(stream[i * T:i * T + T + 1])
-              for i in range(min(count * rows, (len(stream) - 1) // T))]
-    return [_rows_to_batch(blocks[b * rows:(b + 1) * rows], device)
-            for b in range(len(blocks) // rows)]
 
 
 # ----------------------------------------------------------------------------- prepared shards
@@ -440,7 +520,7 @@ class PreparedLoader:
         self.micro += 1
         if self.micro == self.accumulation:
             self.position, self.micro = self.position + self.rows, 0
-        return _rows_to_batch([self._block(pick) for pick in picks], self.device)
+        return rows_to_batch([self._block(pick) for pick in picks], self.device)
 
     def _fingerprint(self) -> str:
         return f"{self.blocks} blocks of {self.block_size + 1} tokens"

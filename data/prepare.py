@@ -3,86 +3,99 @@
     python data/prepare.py --data fineweb-edu --tokenizer gpt2 --out out/fineweb-gpt2
     python models/gpt.py --preset 1b --data out/fineweb-gpt2
 
-Documents are tokenized in a pool of processes, in order, and written to shards of about
---shard_tokens tokens, each closed at a document boundary and written atomically. Interrupted,
-the same command resumes after the last complete shard, and the result is byte for byte what one
-uninterrupted run writes. `meta.json`, written last, marks the folder complete.
+The source's units (data.sources) are read, cleaned and tokenized in a pool of processes, in
+order, exactly as the streaming loader reads them (each unit's documents after <|endoftext|>),
+and written to shards of about --shard_tokens tokens, each closed at a unit boundary and written
+atomically. A shard's header records the units it holds, so an interrupted run restarted with
+the same command opens the next unit directly (nothing before it is read again) and writes, byte
+for byte, what one uninterrupted run writes. A Hub source is pinned to the revision the first
+run read. `meta.json`, written last, marks the folder complete.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
-import itertools
 import json
-import multiprocessing
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from data.loader import UnitReader
 from data.shards import (
     FORMAT,
     SHARD_NAME,
-    document_tokens,
+    VERIFIED,
     read_header,
     shard_path,
     token_dtype,
     write_meta,
     write_shard,
 )
-from data.sources import DataError, Source, add_source_arguments, source_from_args
+from data.sources import DataError, Source, add_source_arguments, get_source
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, positive_int, run_main
 
-DOCS_PER_TASK = 256
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _init_worker(tokenizer: Tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def _encode(texts: list[str]) -> list[np.ndarray]:
-    dtype = token_dtype(_worker_tokenizer.n_vocab)
-    return [np.array(document_tokens(_worker_tokenizer, t), dtype=dtype) for t in texts]
-
-
-def _chunks(docs: Iterator[str], size: int) -> Iterator[list[str]]:
-    while chunk := list(itertools.islice(docs, size)):
-        yield chunk
+AHEAD_PER_WORKER = 4  # pieces requested ahead of the one being written, per worker
 
 
 def identity(args, tokenizer: Tokenizer) -> dict[str, Any]:
     """What decides a folder's contents: the source, its options and the tokenizer."""
     return {"source": args.data, "text_field": args.text_field, "data_config": args.data_config,
             "min_int_score": args.min_int_score, "tokenizer": tokenizer.name,
-            "tokenizer_fingerprint": tokenizer.fingerprint()}
+            "tokenizer_fingerprint": tokenizer.fingerprint(), "format": FORMAT}
 
 
 def identity_key(ident: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def work_items(source: Source, split: str) -> list[tuple[int, int]]:
+    """(unit index, piece) in the order shards hold them."""
+    return [(u, piece) for u, unit in enumerate(source.units(split))
+            for piece in range(unit.pieces)]
+
+
+def tokens_in_order(reader: UnitReader, items: list[tuple[int, int]], start: int,
+                    ahead: int):
+    """The tokens of items[start:], in order, read ahead by the reader's workers. A unit's
+    pieces all go to one worker (routed by unit), so a big row group is decoded once."""
+    pending: collections.deque = collections.deque()
+    for unit, piece in items[start:]:
+        pending.append(reader.request(unit, unit, piece))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def completed_shards(folder: Path, split: str, key: str) -> tuple[int, int]:
-    """(shards already written, documents they cover): where an interrupted run resumes."""
-    index, end_doc = 0, 0
+    """(shards already written, work items they hold): where an interrupted run resumes."""
+    index, end_item = 0, 0
     while shard_path(folder, split, index).exists():
         header = read_header(shard_path(folder, split, index))
         if header.get("identity") != key:
-            raise DataError(f"{folder} holds shards of another source or tokenizer "
-                            f"({header.get('tokenizer')}); choose another --out or pass "
-                            "--overwrite")
-        index, end_doc = index + 1, header["end_doc"]
-    return index, end_doc
+            raise DataError(f"{folder} holds shards of another source, tokenizer or version of "
+                            f"prepare.py ({header.get('tokenizer')}); choose another --out or "
+                            "pass --overwrite")
+        index, end_item = index + 1, header["end_item"]
+    return index, end_item
+
+
+def prepared_revision(folder: Path) -> str | None:
+    """The Hub revision the folder's first shard was read at (a restart reads the same)."""
+    for split in ("val", "train"):
+        if shard_path(folder, split, 0).exists():
+            return read_header(shard_path(folder, split, 0)).get("revision")
+    return None
 
 
 def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path,
                   shard_tokens: int, workers: int, key: str = "") -> dict[str, Any]:
-    """Write one split's shards (resuming if some exist); return its totals."""
+    """Write one split's shards (resuming after the last complete one); return its totals."""
     done_marker = folder / f".{split}.complete"
     if done_marker.exists():
         totals = json.loads(done_marker.read_text())
@@ -90,41 +103,45 @@ def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path
             return totals
         raise DataError(f"{folder} holds finished {split} shards of another source or "
                         "tokenizer; choose another --out or pass --overwrite")
-    index, next_doc = completed_shards(folder, split, key)
+    items = work_items(source, split)
+    index, next_item = completed_shards(folder, split, key)
     header = {"tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint(),
-              "identity": key, "split": split}
-    docs = itertools.islice(source.documents(split), next_doc, None)
+              "identity": key, "split": split, "revision": source.revision}
     pending: list[np.ndarray] = []
-    first_doc = doc = next_doc
+    first_item = item = next_item
 
     def flush() -> None:
-        nonlocal index, first_doc, pending
+        nonlocal index, first_item, pending
         tokens = np.concatenate(pending)
-        write_shard(shard_path(folder, split, index),
-                    tokens, {**header, "index": index, "first_doc": first_doc, "end_doc": doc})
-        index, first_doc, pending = index + 1, doc, []
+        documents = int(np.count_nonzero(tokens == tokenizer.eot_id))
+        write_shard(shard_path(folder, split, index), tokens,
+                    {**header, "index": index, "first_item": first_item, "end_item": item,
+                     "documents": documents})
+        index, first_item, pending = index + 1, item, []
 
-    progress = tqdm(desc=f"{split}", unit="doc", initial=next_doc, disable=None)
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+    progress = tqdm(desc=split, unit="unit", initial=next_item, total=len(items), disable=None)
+    reader = UnitReader(source, source.units(split), tokenizer, workers)
+    try:
         pending_tokens = 0
-        for encoded in pool.imap(_encode, _chunks(docs, DOCS_PER_TASK)):
-            for tokens in encoded:
-                pending.append(tokens)
-                pending_tokens += len(tokens)
-                doc += 1
-                if pending_tokens >= shard_tokens:
-                    flush()
-                    pending_tokens = 0
-            progress.update(len(encoded))
+        for tokens in tokens_in_order(reader, items, next_item, AHEAD_PER_WORKER * workers):
+            pending.append(tokens)
+            pending_tokens += len(tokens)
+            item += 1
+            if pending_tokens >= shard_tokens:
+                flush()
+                pending_tokens = 0
+            progress.update(1)
+    finally:
+        reader.close()
     progress.close()
-    if pending:
+    if pending and sum(map(len, pending)):
         flush()
     if index == 0:
         raise DataError(f"source {source.name!r} has no {split} documents")
     headers = [read_header(shard_path(folder, split, i)) for i in range(index)]
     records = [{k: h[k] for k in ("tokens", "max_id", "crc32")} for h in headers]
-    totals = {"shards": index, "documents": doc, "tokens": sum(r["tokens"] for r in records),
-              "records": records, "identity": key}
+    totals = {"shards": index, "documents": sum(h["documents"] for h in headers),
+              "tokens": sum(r["tokens"] for r in records), "records": records, "identity": key}
     done_marker.write_text(json.dumps(totals))
     return totals
 
@@ -142,7 +159,7 @@ def claim_folder(folder: Path, ident: dict[str, Any], overwrite: bool) -> dict[s
         if theirs.get("identity") == ident and theirs.get("format") == FORMAT and not overwrite:
             return theirs
     ours = [p for p in folder.iterdir() if SHARD_NAME.fullmatch(p.name)
-            or p.name in ("meta.json", ".val.complete", ".train.complete")]
+            or p.name in ("meta.json", ".val.complete", ".train.complete", VERIFIED)]
     others = [p for p in folder.iterdir() if p not in ours and not p.name.startswith(".")]
     if others:
         raise DataError(f"{folder} holds other files ({others[0].name}, ...); choose an empty "
@@ -167,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", required=True, help="gpt2, bytes or a tokenizer folder")
     parser.add_argument("--out", required=True, help="folder for the shards")
     parser.add_argument("--shard_tokens", type=positive_int, default=100_000_000,
-                        help="tokens per shard (closed at the next document boundary)")
+                        help="tokens per shard (closed at the next unit boundary)")
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                         help="tokenizer processes")
     parser.add_argument("--overwrite", action="store_true",
@@ -176,7 +193,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tokenizer = get_tokenizer(args.tokenizer)
-    source = source_from_args(args)
     folder = Path(args.out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,10 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     ident = identity(args, tokenizer)
     meta = claim_folder(folder, ident, args.overwrite)
     if meta is None:
+        source = get_source(args.data, args.text_field, args.data_config, args.min_int_score,
+                            revision=prepared_revision(folder))
         splits = {split: prepare_split(source, split, tokenizer, folder, args.shard_tokens,
                                        args.workers, identity_key(ident))
                   for split in ("val", "train")}
         meta = {"format": FORMAT, "identity": ident, "source": args.data,
+                "revision": source.revision,
                 "tokenizer": tokenizer.name, "tokenizer_arg": args.tokenizer,
                 "tokenizer_fingerprint": tokenizer.fingerprint(),
                 "dtype": token_dtype(tokenizer.n_vocab).name, "splits": splits}

@@ -26,7 +26,9 @@ from tokenization.tokenizer import Tokenizer
 
 MAGIC = b"GPTSHARD"
 HEADER_BYTES = 1024
-FORMAT = "gpt-pretrain-shards/2"
+FORMAT = "gpt-pretrain-shards/3"  # /3: shards hold whole units, headers their item range
+READABLE_FORMATS = (FORMAT, "gpt-pretrain-shards/2")  # older folders still train
+VERIFIED = ".verified.json"  # shards whose checksum was checked, by size and modification time
 DTYPES = ("uint16", "uint32")
 CHECK_BYTES = 64 << 20  # checksums are computed in pieces of this size
 
@@ -120,9 +122,13 @@ def open_shard(path: Path) -> np.ndarray:
                      shape=(header["tokens"],))
 
 
-def verify_shard(path: Path, record: dict[str, int], n_vocab: int) -> np.ndarray:
+def verify_shard(path: Path, record: dict[str, int], n_vocab: int,
+                 verified: dict[str, list[int]]) -> np.ndarray:
     """Open a shard and check it against its meta.json record: same count, ids within the
-    vocabulary, and the checksum of every id (one pass over the file)."""
+    vocabulary, and (once per file: `verified` remembers it by size and modification time) the
+    checksum of every id."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing (meta.json lists it); rerun data/prepare.py")
     header = read_header(path)
     if any(header.get(key) != record.get(key) for key in ("tokens", "max_id", "crc32")):
         raise DataError(f"{path} is not the shard meta.json describes (replaced or rewritten?); "
@@ -131,10 +137,36 @@ def verify_shard(path: Path, record: dict[str, int], n_vocab: int) -> np.ndarray
         raise DataError(f"{path} holds id {record['max_id']}, beyond this tokenizer's "
                         f"{n_vocab} ids")
     tokens = open_shard(path)
-    if checksum(tokens) != record["crc32"]:
-        raise DataError(f"{path} is corrupt (its ids do not match their checksum); rerun "
-                        "data/prepare.py to rewrite it")
+    if verified.get(path.name) != file_stamp(path, record):
+        if checksum(tokens) != record["crc32"]:
+            raise DataError(f"{path} is corrupt (its ids do not match their checksum); rerun "
+                            "data/prepare.py to rewrite it")
+        verified[path.name] = file_stamp(path, record)
     return tokens
+
+
+def file_stamp(path: Path, record: dict[str, int]) -> list[int]:
+    """What must not change for a checked shard to stay checked."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, record["crc32"]]
+
+
+def read_verified(folder: Path) -> dict[str, list[int]]:
+    try:
+        verified = json.loads((folder / VERIFIED).read_text())
+        return verified if isinstance(verified, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_verified(folder: Path, verified: dict[str, list[int]]) -> None:
+    """Best effort and atomic (a read-only folder is checked in full at every start)."""
+    tmp = folder / f".{VERIFIED}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(verified))
+        os.replace(tmp, folder / VERIFIED)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def is_prepared(spec: str) -> bool:
@@ -147,9 +179,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise DataError(f"{folder} is not a complete prepared folder ({err}); run or finish "
                         "data/prepare.py") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise DataError(f"{folder}/meta.json is not from this version of data/prepare.py "
                         "(prepare the data again)")
+    for split, totals in meta.get("splits", {}).items():
+        records = totals.get("records") if isinstance(totals, dict) else None
+        if not isinstance(records, list) or totals.get("shards") != len(records):
+            raise DataError(f"{folder}/meta.json does not list the {split} shards it counts "
+                            "(edited or damaged?); prepare the data again")
     return meta
 
 
@@ -167,5 +204,11 @@ def read_prepared(folder: str | Path, split: str, tokenizer: Tokenizer) -> list[
         raise DataError(f"{folder} has no {split!r} shards")
     records = meta["splits"][split]["records"]
     paths = [shard_path(folder, split, i) for i in range(len(records))]
+    verified = read_verified(folder)
+    before = dict(verified)
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(verify_shard, paths, records, [tokenizer.n_vocab] * len(paths)))
+        shards = list(pool.map(verify_shard, paths, records, [tokenizer.n_vocab] * len(paths),
+                               [verified] * len(paths)))
+    if verified != before:
+        write_verified(folder, verified)
+    return shards

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from transformer_setup.cli import UserError
 from transformer_setup.transformer import GPT
 
 
@@ -118,6 +120,29 @@ def gather(obj: Any, d: Distributed) -> list[Any]:
     out: list[Any] = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(build: Callable[[], Any], d: Distributed) -> Any:
+    """build() on rank 0, its result on every rank: one process reads what all need (a Hub
+    listing, the held-out text). An error on rank 0 is raised on every rank."""
+    if not d.enabled:
+        return build()
+    payload: list[Any] = [None]
+    failure = None
+    if d.is_main:
+        try:
+            payload = [("ok", build())]
+        except Exception as err:
+            failure = err
+            payload = [("error", err if isinstance(err, UserError) else
+                        UserError(f"rank 0 failed ({type(err).__name__}: {err})"))]
+    dist.broadcast_object_list(payload, src=0)
+    if failure is not None:
+        raise failure
+    kind, value = payload[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def full_state(model: GPT, optimizer: torch.optim.Optimizer | None, fsdp: bool

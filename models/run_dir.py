@@ -28,9 +28,13 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> str | None:
-        """Take the lock; a UserError if a live run holds it. Returns a warning when taking over
-        from a run that ended without releasing it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock; a UserError if a live run holds it, or if the folder cannot take the
+        lock file (a full disk, no permission). Returns a warning when taking over from a run
+        that ended without releasing it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"cannot write {self.path} ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -44,8 +48,14 @@ class RunLock:
         previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                          "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.encode(), 0)
+        except OSError as err:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise UserError(f"cannot write {self.path} ({err.strerror}); free some space or "
+                            "choose another --out_dir") from None
         self.fd = fd
         if previous:
             return f"warning: taking over {self.path} from a run that ended without " \

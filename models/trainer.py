@@ -27,15 +27,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from data.loader import (
-    PreparedLoader,
-    StreamingLoader,
-    merge_states,
-    take_batches,
-    validation_batches,
-)
+from data.loader import PreparedLoader, StreamingLoader, merge_states
 from data.shards import is_prepared
-from data.sources import DataError, get_source
+from data.sources import DataError, get_source, split_revision
+from data.validation import (
+    ROWS_PER_EVAL_ITER,
+    check_prepared_training,
+    validation_set,
+    without_validation,
+)
 from models import distributed
 from models.checkpoint import CheckpointError, copy_atomically, load_checkpoint, save_checkpoint
 from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
@@ -101,21 +101,38 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 # ----------------------------------------------------------------------------- evaluation
 
+def rank_share(rows: torch.Tensor, batch_size: int, d: Distributed) -> list[torch.Tensor]:
+    """This rank's share of the validation rows in micro-batches of batch_size. Every rank gets
+    the same number of micro-batches (FSDP's forwards are collective): shares are padded with
+    rows whose targets are all ignored (-1)."""
+    per_rank = math.ceil(len(rows) / d.world_size)
+    mine = rows[d.rank * per_rank:(d.rank + 1) * per_rank]
+    if len(mine) < per_rank:
+        padding = torch.zeros(per_rank - len(mine), rows.shape[1], dtype=rows.dtype)
+        padding[:, 1:] = -1
+        mine = torch.cat([mine, padding])
+    return list(mine.split(batch_size))
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx,
-             byte_lengths: torch.Tensor, d: Distributed = SINGLE_PROCESS) -> tuple[float, float]:
-    """Mean loss (nats per token) and bits per byte over fixed batches; each rank scores its
-    share of every batch's rows, so the result does not depend on the number of processes."""
+def evaluate(model: torch.nn.Module, rows: torch.Tensor, batch_size: int, ctx,
+             byte_lengths: torch.Tensor, device: torch.device,
+             d: Distributed = SINGLE_PROCESS) -> tuple[float, float]:
+    """Mean loss (nats per token) and bits per byte over the fixed validation rows (N x T+1,
+    on the CPU); each rank scores its share, so the result does not depend on the number of
+    processes or the micro-batch."""
     model.eval()
-    device = batches[0][0].device
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
-    for x, y in batches:
-        rows = x.shape[0] // d.world_size
-        x, y = x[d.rank * rows:(d.rank + 1) * rows], y[d.rank * rows:(d.rank + 1) * rows]
+    for block in rank_share(rows, batch_size, d):
+        block = block.to(device, torch.long)
+        x, y = block[:, :-1], block[:, 1:]
+        scored = y >= 0
+        count = scored.sum()
         with ctx:
             loss = model(x, y).double()
-        sums += torch.stack([loss * y.numel(), torch.tensor(float(y.numel()), device=device),
-                             byte_lengths[y.cpu()].sum().to(device, torch.float64)])
+        nats = torch.where(count > 0, loss * count, torch.zeros_like(loss))  # all-padding: 0
+        n_bytes = (byte_lengths.to(device)[y.clamp(min=0)] * scored).sum()
+        sums += torch.stack([nats, count.double(), n_bytes.double()])
     model.train()
     nats, tokens, n_bytes = distributed.total(sums, d).tolist()
     return nats / tokens, nats / math.log(2) / max(n_bytes, 1.0)
@@ -123,43 +140,58 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
 
 # ----------------------------------------------------------------------------- data
 
+def val_tokens(tc: TrainConfig, block_size: int) -> int:
+    """The held-out set's size: val_tokens, else eval_iters batches of 32 rows."""
+    return tc.val_tokens or tc.eval_iters * ROWS_PER_EVAL_ITER * block_size
+
+
+def check_revision(spec: str, saved: str | None) -> None:
+    """A resumed run reads the Hub revision it started on; naming another is refused."""
+    named = split_revision(spec)[1]
+    if saved and named and named != saved:
+        raise DataError(f"cannot resume: this run read {split_revision(spec)[0]} at revision "
+                        f"{saved}, --data names {named}; resume without @REVISION (or "
+                        f"@{saved}), or start a new run on the new revision")
+
+
 def make_loaders(tc: TrainConfig, tokenizer: Tokenizer, block_size: int, accumulation: int,
-                 device: torch.device, d: Distributed = SINGLE_PROCESS):
+                 device: torch.device, d: Distributed = SINGLE_PROCESS,
+                 revision: str | None = None):
     """The training loader (this rank's rows of every global batch) and the fixed validation
-    batches (global-batch-sized, the same text at any number of processes). With --val_data,
-    training reads all of --data and validation all of --val_data (or its prepared val split)."""
-    val_rows = tc.batch_size * d.world_size
-    train_split = "all" if tc.val_data else "train"
-    if is_prepared(tc.data):
+    set. Rank 0 lists the source and reads the held-out text; the others receive both (one
+    listing per job). With --val_data, training reads the train split of --data without what
+    --val_data covers. `revision`: the Hub commit a resumed run started on."""
+    check_revision(tc.data, revision)
+    options = {"text_field": tc.text_field, "data_config": tc.data_config,
+               "min_int_score": tc.min_int_score}
+    prepared = is_prepared(tc.data)
+
+    def read_on_main():
+        source = None if prepared else get_source(tc.data, revision=revision, **options)
+        val = validation_set(tc.data, tc.val_data, source, tokenizer, block_size,
+                             val_tokens(tc, block_size), options)
+        return (source.listed() if source else None), val
+
+    source, val = distributed.on_main(read_on_main, d)
+    if prepared:
+        if val.covers:
+            check_prepared_training(tc.data, val.covers)
         train = PreparedLoader.from_folder(
             tc.data, "train", tokenizer, block_size, tc.batch_size, accumulation=accumulation,
             rank=d.rank, world_size=d.world_size, seed=tc.seed, device=device)
-        description = f"prepared shards in {tc.data}"
-    else:
-        source = get_source(tc.data, tc.text_field, tc.data_config, tc.min_int_score)
-        train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, train_split,
-                                accumulation, d.rank, d.world_size, tc.data_workers, tc.seed,
-                                device)
-        description = (f"{source.name}, {len(train.units):,} units streamed into "
-                       f"{train.rows} lanes ({tc.data_workers} worker processes)")
-        if len(train.units) < train.rows:
-            description += ("; warning: fewer units than rows per step, so some rows repeat "
-                            "text (use more data or a smaller global batch)")
-    val_spec = tc.val_data or tc.data
-    if is_prepared(val_spec):
-        val = PreparedLoader.from_folder(val_spec, "val", tokenizer, block_size, val_rows,
-                                         device=device, shuffle=False, repeat=False)
-        val_batches = take_batches(val, tc.eval_iters)
-    else:
-        source = get_source(val_spec, tc.text_field, tc.data_config, tc.min_int_score)
-        val_batches = validation_batches(source, "all" if tc.val_data else "val", tokenizer,
-                                         block_size, val_rows, tc.eval_iters, device)
-    if not val_batches:
-        train.close()
-        raise DataError(f"the validation text of {val_spec} is less than one batch "
-                        f"({val_rows} x {block_size + 1} tokens); use more data or a smaller "
-                        "--batch_size or --block_size")
-    return train, val_batches, description
+        return train, val, f"prepared shards in {tc.data}"
+    if val.covers:
+        source = without_validation(source, val.covers, tc.data)
+    train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "train", accumulation,
+                            d.rank, d.world_size, tc.data_workers, tc.seed, device)
+    description = (f"{source.name}, {len(train.units):,} units streamed into {train.rows} "
+                   f"lanes ({tc.data_workers} worker processes)")
+    if source.revision:
+        description += f" at revision {source.revision}"
+    if len(train.units) < train.rows:
+        description += ("; fewer units than rows per step: lanes sharing a unit start at "
+                        "different places in it")
+    return train, val, description
 
 
 # ----------------------------------------------------------------------------- the run
@@ -370,8 +402,10 @@ class Run:
         self.model = distributed.wrap(self.raw_model, d, device, tc.fsdp)
         self.optimizer = make_optimizer(self.raw_model, tc, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.loader, self.val_batches, self.data_description = make_loaders(
-            tc, tokenizer, model_config.block_size, self.accumulation, device, d)
+        saved_revision = ckpt["data"].get("revision") if ckpt is not None else None
+        self.loader, self.validation, self.data_description = make_loaders(
+            tc, tokenizer, model_config.block_size, self.accumulation, device, d, saved_revision)
+        self.val_rows = torch.from_numpy(self.validation.rows)
         torch.manual_seed(tc.seed + d.rank)  # dropout differs across ranks
         if ckpt is not None:
             self.restore(ckpt, changes)
@@ -397,13 +431,23 @@ class Run:
             torch.set_rng_state(ckpt["rng"][d.rank]["torch"])
             if self.device.type == "cuda" and "cuda" in ckpt["rng"][d.rank]:
                 torch.cuda.set_rng_state(ckpt["rng"][d.rank]["cuda"], self.device)
-        p.step, p.best_val_loss, p.tokens_seen = ckpt["step"], ckpt["best_val_loss"], \
-            ckpt["tokens_seen"]
+        p.step, p.tokens_seen = ckpt["step"], ckpt["tokens_seen"]
+        p.best_val_loss = self.restored_best(ckpt)
         p.saved_step = ckpt["step"]
         p.config_changes = list(ckpt.get("config_changes", [])) + changes
         self.log(f"resumed from {self.latest_path} at step {p.step}")
         for change in changes:
             self.log(f"resume: {change['field']} {change['from']} -> {change['to']}")
+
+    def restored_best(self, ckpt: dict[str, Any]) -> float:
+        """The checkpoint's best validation loss, if it was measured on this run's held-out
+        set; otherwise the best starts again (losses on two sets do not compare)."""
+        if ckpt.get("validation") == self.validation.identity:
+            return ckpt["best_val_loss"]
+        self.log("resume: the validation set differs from the checkpoint's (other held-out "
+                 "text or size); the best validation loss starts again, and the next "
+                 f"evaluation replaces {self.best_path.name}")
+        return math.inf
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -423,7 +467,8 @@ class Run:
                    "train_config": dataclasses.asdict(self.tc),
                    "tokenizer": self.tokenizer.spec(), "model": model_state, "step": p.step,
                    "tokens_seen": p.tokens_seen, "best_val_loss": p.best_val_loss,
-                   "world_size": d.world_size, "config_changes": p.config_changes}
+                   "validation": self.validation.identity, "world_size": d.world_size,
+                   "config_changes": p.config_changes}
         if with_training_state:
             payload.update(optimizer=optimizer_state, scaler=self.scaler.state_dict(),
                            data=data_state, rng=rng_states)
@@ -539,7 +584,9 @@ class Run:
         log(f"model: {self.raw_model.num_params():,} parameters, {self.model_config}")
         log(f"training: {tc}")
         log(f"data: {self.data_description}; tokenizer {self.tokenizer.name} "
-            f"({self.tokenizer.n_vocab:,} ids); validation: {len(self.val_batches)} batches")
+            f"({self.tokenizer.n_vocab:,} ids); validation: {len(self.val_rows):,} rows "
+            f"({self.validation.identity['tokens']:,} tokens, the same at any number of "
+            "processes)")
         log(f"device: {self.device} x {d.world_size} process(es), dtype "
             f"{dtype_name(self.dtype)}, {self.tokens_per_step:,} tokens per step "
             f"({tc.batch_size} x {self.accumulation} x {self.model_config.block_size} x "
@@ -622,8 +669,8 @@ class Run:
 
     def evaluate_and_sample(self, writer) -> None:
         p, tc = self.progress, self.tc
-        val_loss, val_bpb = evaluate(self.model, self.val_batches, self.ctx, self.byte_lengths,
-                                     self.d)
+        val_loss, val_bpb = evaluate(self.model, self.val_rows, self.tc.batch_size, self.ctx,
+                                     self.byte_lengths, self.device, self.d)
         self.log(f"step {p.step}: val loss {val_loss:.4f} | val bits/byte {val_bpb:.4f}")
         if writer:
             writer.add_scalar("val/loss", val_loss, p.step)

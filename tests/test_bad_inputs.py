@@ -185,7 +185,8 @@ def test_shards_are_checked_before_training(tmp_path, capsys):
              str(tmp_path / "shards"), "--shard_tokens", "20000", "--workers", "1"])
     shard = tmp_path / "shards" / "train_000001.bin"
     original = shard.read_bytes()
-    train = [*TINY, "--data", str(tmp_path / "shards"), "--out_dir", str(tmp_path / "run")]
+    train = [*TINY, "--data", str(tmp_path / "shards"), "--out_dir", str(tmp_path / "run"),
+             "--val_tokens", "1024"]
 
     def error_after(damage: bytes) -> str:
         shard.write_bytes(damage)

@@ -143,7 +143,9 @@ class TrainConfig:
     muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250  # steps between validation passes
-    eval_iters: int = 20  # validation batches per pass (the same batches every time)
+    eval_iters: int = 20  # validation size in batches of 32 rows of block_size tokens: the
+    # same tokens at any number of processes, micro-batch or accumulation (val_tokens overrides)
+    val_tokens: int | None = None  # held-out tokens scored per evaluation; None: from eval_iters
     save_interval: int = 1000  # steps between writes of latest.pt (also written at the end)
     log_interval: int = 10  # steps between log lines (loss, tok/s, MFU)
     sample_tokens: int = 64  # length of the sample printed at each evaluation; 0 disables
@@ -169,6 +171,8 @@ class TrainConfig:
             self.lr_decay_iters = self.max_iters
         _require_positive(self, "max_iters", "accumulation_steps", "eval_interval",
                           "eval_iters", "save_interval", "log_interval")
+        _require(self.val_tokens is None or self.val_tokens > 0,
+                 f"val_tokens must be positive (got {self.val_tokens})")
         _require(self.batch_size is None or self.batch_size > 0,
                  f"batch_size must be positive or auto (got {self.batch_size})")
         _require(self.learning_rate > 0,
@@ -239,7 +243,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="checkpoints_1B",
                       batch_size=None, global_batch_tokens=294_912, learning_rate=6e-4,
                       min_lr=6e-5, warmup_iters=2000, max_iters=100000, grad_clip=1.0,
-                      eval_interval=1000, save_interval=1000),
+                      eval_interval=1000, eval_iters=128, save_interval=1000),
     },
 }
 

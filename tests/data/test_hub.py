@@ -105,7 +105,7 @@ def test_fineweb_edu_is_read_by_row_group_through_hffilesystem(hub):
     assert all(u.path.startswith("datasets/HuggingFaceFW/fineweb-edu@") for u in units)
     train, val = numbers(source.documents("train")), numbers(source.documents("val"))
     assert sorted(train + val) == [i for i in range(6000) if i % 2000 % 5 + 1 >= 3]
-    assert len(source.units("val")) == 16 and not set(train) & set(val)
+    assert len(source.units("val")) == 60 and not set(train) & set(val)  # 5% of 1,200
     local = get_source(str(hub.repo / "sample/10BT/*.parquet"), min_int_score=3)
     assert numbers(local.documents("val")) == val  # the same code over the local disk
 
@@ -189,3 +189,84 @@ def test_hellaswag_rows_come_from_the_hubs_validation_split(tmp_path, monkeypatc
     with serve(repo, "Rowan/hellaswag", monkeypatch, tmp_path / "cache"):
         found = list(examples("hellaswag"))
     assert [r["ctx"] for r in found] == rows["ctx"] and found[3]["endings"][1] == "ending 3.1"
+
+
+def test_a_job_starts_with_one_listing_and_no_footer_per_rank(hub):
+    """8 ranks x 2 workers: rank 0 lists and reads the held-out rows, the others receive the
+    listing (as make_loaders broadcasts it), and nobody fetches a footer again."""
+    import pickle
+
+    from data.validation import validation_set
+
+    tok = byte_tokenizer()
+    source = get_source("fineweb-edu").listed()
+    validation_set("fineweb-edu", None, source, tok, 64, 2048, {})
+    listing = len(hub.requests)
+    sizes = {p.relative_to(hub.repo).as_posix(): p.stat().st_size
+             for p in hub.repo.rglob("*.parquet")}
+    for rank in range(8):
+        copy = pickle.loads(pickle.dumps(source))  # what broadcast_object_list sends
+        loader = StreamingLoader(copy, tok, block_size=64, batch_size=2, rank=rank,
+                                 world_size=8, workers=2)
+        loader.next_batch()
+        loader.close()
+    reads = hub.requests[listing:]
+    tails = [r for r in reads for name, size in sizes.items()
+             if name in r and r.endswith(f"-{size - 1}")]
+    assert not tails  # footers: read once, at the listing
+    assert all("/resolve/" in r for r in reads) and len(reads) <= 16 * 2  # a unit per lane
+    assert listing <= 12  # revision, card, file listing, three footers, held-out row groups
+
+
+def test_the_hub_revision_is_pinned_for_the_run_and_a_new_one_is_refused(tmp_path):
+    import pickle
+
+    old, new = tmp_path / "v1", tmp_path / "v2"
+    for folder, first in ((old, 0), (new, 50_000)):
+        for f in range(2):
+            write_parquet(folder / "data" / f"train-{f:05d}-of-00002.parquet",
+                          first + f * 3000, 3000, 100)
+    first_sha, second_sha = "1" * 40, "2" * 40
+    with HubServer(old, "org/corpus", revisions={first_sha: old}) as server:
+        env = {**os.environ, "HF_ENDPOINT": server.endpoint,
+               "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        run = ["--preset", "tiny", "--data", "org/corpus", "--max_iters", "2",
+               "--batch_size", "4", "--val_tokens", "1024", "--sample_tokens", "0",
+               "--data_workers", "0", "--out_dir", str(tmp_path / "run")]
+        result = run_script("models/gpt.py", *run, cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"at revision {first_sha}" in result.stdout
+        state = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["data"]
+        assert state["revision"] == first_sha
+        server.revisions[second_sha] = new  # the dataset is rewritten: main moves on
+        server.main = second_sha
+        resumed = run_script("models/gpt.py", *run, "--max_iters", "4", "--resume",
+                             cwd=tmp_path, env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"at revision {first_sha}" in resumed.stdout  # pinned, not main
+        moved = run_script("models/gpt.py", *run[:3], f"org/corpus@{second_sha}", *run[4:],
+                           "--max_iters", "6", "--resume", cwd=tmp_path, env=env)
+        assert_one_line_error(moved, first_sha, second_sha, "cannot resume")
+        pinned = get_source(f"org/corpus@{first_sha}")
+        assert pinned.revision == first_sha and pickle.loads(pickle.dumps(pinned)).revision
+
+
+def test_row_groups_below_min_int_score_are_never_fetched(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "sample/10BT").mkdir(parents=True)
+    scores = [1 + (i // 50) % 5 for i in range(1000)]  # each row group of 50 one score
+    texts = [f"Document {i} scored {s} for its teaching value." for i, s in enumerate(scores)]
+    pq.write_table(pa.table({"text": texts, "int_score": scores}),
+                   repo / "sample/10BT/000_00000.parquet", row_group_size=50)
+    (repo / "README.md").write_text(CARD)
+    with serve(repo, "HuggingFaceFW/fineweb-edu", monkeypatch, tmp_path / "cache") as server:
+        source = get_source("fineweb-edu", min_int_score=4)
+        assert len(source.units("all")) == 8  # 2 of the 5 scores: the footer's statistics
+        server.bytes_sent.clear()
+        kept = [d for d in source.documents("all")]
+    assert len(kept) == 400 and all(int(d.split()[3]) >= 4 for d in kept)
+    meta = pq.ParquetFile(repo / "sample/10BT/000_00000.parquet").metadata
+    needed = sum(meta.row_group(u.index).column(0).total_compressed_size +
+                 meta.row_group(u.index).column(1).total_compressed_size
+                 for u in source.units("all"))
+    assert sum(server.bytes_sent.values()) == needed

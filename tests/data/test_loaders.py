@@ -18,10 +18,10 @@ from data.loader import (
     permutation,
     take_batches,
     unit_tokens,
-    validation_batches,
 )
 from data.shards import read_header, read_prepared
 from data.sources import DataError, FileSource, Source, get_source
+from data.validation import source_rows
 from tests.helpers import run_script
 from tokenization.tokenizer import EOT, Tokenizer, byte_tokenizer
 
@@ -48,10 +48,10 @@ class CountingSource(Source):
     def units(self, split):
         return self.inner.units(split)
 
-    def read(self, unit):
+    def _read(self, unit, piece, stream):
         with open(self.log, "a") as f:
-            f.write(f"{unit.path}|{unit.index}|{unit.start}\n")
-        return self.inner.read(unit)
+            f.write(f"{unit.path}|{unit.index}|{unit.start}|{piece}\n")
+        return self.inner.read(unit, piece, stream)
 
     def fingerprint(self, split):
         return self.inner.fingerprint(split)
@@ -187,7 +187,10 @@ def test_every_unit_is_read_once_per_epoch_by_4_ranks_x_2_workers(tmp_path):
     loaders = [StreamingLoader(source, tok, block_size=8, batch_size=2, rank=r, world_size=4,
                                workers=2, seed=9, repeat=False) for r in range(4)]
     for loader in loaders:
-        take_batches(loader, 10_000)  # to the end of the epoch
+        take_batches(loader, 10_000)  # until the first lane reaches the end of the epoch,
+        for lane in loader.lanes:  # then every other lane to its own end
+            while lane.row(9, 8) is not None:
+                pass
         loader.close()
     reads = source.reads()
     units = inner.units("train")
@@ -195,13 +198,13 @@ def test_every_unit_is_read_once_per_epoch_by_4_ranks_x_2_workers(tmp_path):
 
 
 def test_resume_at_a_late_position_opens_one_unit_per_lane(tmp_path):
-    inner = numbered_corpus(tmp_path / "src", n=64, words=2000)  # 1 MB: ~250 units of 4 KB
+    inner = numbered_corpus(tmp_path / "src", n=64, words=600)  # 64 units of ~5 KB
     source = CountingSource(inner, tmp_path / "reads.log")
     tok = byte_tokenizer()
     loader = StreamingLoader(source, tok, block_size=8, batch_size=4, seed=2)
     take_batches(loader, 2500)  # 20,000 tokens into every lane: several units in
     state = loader.state_dict()
-    assert all(k >= 3 for k, _ in state["lanes"].values())
+    assert all(k >= 3 for k, _, _ in state["lanes"].values())
     reads_before = len(source.reads())
     resumed = StreamingLoader(source, tok, block_size=8, batch_size=4, seed=2)
     resumed.load_state_dict(state)
@@ -209,7 +212,7 @@ def test_resume_at_a_late_position_opens_one_unit_per_lane(tmp_path):
     opened = len(source.reads()) - reads_before
     units = inner.units("train")
     expected = 0
-    for g, (k, p) in state["lanes"].items():  # its unit; the next too if nearly done with it
+    for g, (k, _, p) in state["lanes"].items():  # its unit; the next too if nearly done
         remaining = len(unit_tokens(inner, units[loader.order[g + 4 * k]], tok)) - p - 8
         expected += 1 + (remaining < PREFETCH_ROWS * 9)
     assert opened == expected <= 8
@@ -224,7 +227,7 @@ def test_one_text_file_gives_a_batch_of_different_rows(tmp_path):
     path.write_text("\n".join(f"{i}: {line}" for i, line in enumerate(lines)) + "\n")
     assert path.stat().st_size > 1_000_000
     source = get_source(str(path))
-    assert len(source.units("train")) > 200 and source.units("val")
+    assert len(source.units("train")) > 20 and source.units("val")
     loader = StreamingLoader(source, byte_tokenizer(), block_size=64, batch_size=12)
     for x, _ in take_batches(loader, 20):
         assert len({tuple(row.tolist()) for row in x}) == 12
@@ -243,11 +246,11 @@ def test_worker_processes_follow_the_same_order(tmp_path):
 def test_validation_is_the_held_out_units_in_order(tmp_path):
     source = numbered_corpus(tmp_path, n=200)
     tok = byte_tokenizer()
-    batches = validation_batches(source, "val", tok, block_size=8, rows=4, count=3)
-    assert len(batches) == 3
+    rows = source_rows(source, "val", tok, block_size=8, rows=12)
+    assert rows.shape == (12, 9)
     stream = np.concatenate([unit_tokens(source, u, tok) for u in source.units("val")])
-    xs = torch.cat([x.reshape(-1) for x, _ in batches]).tolist()
-    assert xs == stream[:len(xs)].tolist()
+    assert rows[:, :-1].reshape(-1).tolist() == stream[:96].tolist()
+    assert rows[:-1, -1].tolist() == rows[1:, 0].tolist()  # consecutive rows share a token
     val_ids = {markers(d)[0] for d in source.documents("val")}
     assert val_ids and not val_ids & {markers(d)[0] for d in source.documents("train")}
 
@@ -360,7 +363,7 @@ def test_training_reads_prepared_shards(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "train:" in result.stdout and "val:" in result.stdout
     result = run_script("models/gpt.py", "--preset", "tiny", "--data", str(tmp_path / "shards"),
-                        "--max_iters", "2", "--eval_iters", "1", "--batch_size", "2",
+                        "--max_iters", "2", "--val_tokens", "512", "--batch_size", "2",
                         "--sample_tokens", "0", "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "prepared shards" in result.stdout
@@ -387,3 +390,129 @@ def test_streaming_a_large_source_keeps_memory_flat(tmp_path):
     total = sum(1 for _ in loader)  # read the rest, keeping nothing
     assert total > 800  # ~40 MB of text
     assert rss_bytes() - early < 40 * 2**20
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def longest_run_without(row: list[int], token: int) -> int:
+    best = run = 0
+    for t in row:
+        run = 0 if t == token else run + 1
+        best = max(best, run)
+    return best
+
+
+def test_rows_of_a_one_megabyte_text_are_contiguous_text(tmp_path):
+    path = tmp_path / "book.txt"  # one document: a row breaks only where a unit ends
+    path.write_text("".join(f"Sentence {i} of a long novel about a lighthouse keeper.\n"
+                            for i in range(18_000)))
+    assert path.stat().st_size > 1_000_000
+    tok = byte_tokenizer()
+    loader = StreamingLoader(get_source(str(path)), tok, block_size=128, batch_size=32)
+    rows = [row.tolist() for x, y in take_batches(loader, 40)
+            for row in torch.cat([x, y[:, -1:]], dim=1)]
+    stretches = sorted(longest_run_without(r, tok.eot_id) for r in rows)
+    assert stretches[len(stretches) // 2] == 129  # the median row is one stretch of text
+    assert sum(tok.eot_id in r for r in rows) / len(rows) < 0.02
+
+
+def test_fewer_units_than_rows_still_give_distinct_rows(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("".join(f"Line {i} of a short story.\n" for i in range(3_600)))  # 100 KB
+    source = get_source(str(path))
+    assert len(source.units("train")) < 288
+    loader = StreamingLoader(source, byte_tokenizer(), block_size=64, batch_size=288)
+    for x, _ in take_batches(loader, 3):
+        assert len({tuple(row.tolist()) for row in x}) == 288
+
+
+def test_a_three_megabyte_jsonl_row_among_small_ones_trains(tmp_path):
+    import json
+    path = tmp_path / "code.jsonl"
+    rows = [f"def f{i}(x):\n    return x + {i}\n" * 80 for i in range(400)]  # ~3 KB each
+    rows.insert(200, "# a vendored library\n" + "x = 1\n" * 500_000)  # 3 MB
+    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    loader = StreamingLoader(get_source(str(path)), byte_tokenizer(), block_size=256,
+                             batch_size=8, split="all", repeat=False)
+    batches = take_batches(loader, 100_000)  # a whole epoch, no unreadable unit
+    assert sum(x.numel() for x, _ in batches) > 1_000_000
+
+
+def test_a_big_row_group_is_decoded_about_once(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data import sources
+    for f in range(4):  # one row group per file, as pandas writes small files
+        rows = [f"Row {f}-{i}: a measured sentence about tides and the moon." for i in range(3000)]
+        pq.write_table(pa.table({"text": rows}), tmp_path / f"{f}.parquet")
+    monkeypatch.setattr(sources, "PIECE_BYTES", 16 << 10)  # ~10 pieces per row group
+    source = get_source(str(tmp_path / "*.parquet"))
+    units = source.units("all")
+    assert len(units) == 4 and all(u.pieces >= 8 for u in units)
+    sources.READ_STATS.clear()
+    loader = StreamingLoader(source, byte_tokenizer(), block_size=64, batch_size=12,
+                             split="all")  # 12 lanes share 4 row groups
+    take_batches(loader, 4000)  # each lane through several units
+    stats = sources.READ_STATS
+    assert stats["delivered_rows"] > 3 * 4 * 3000
+    assert stats["decoded_rows"] / stats["delivered_rows"] <= 1.5
+
+
+def test_prepare_resumed_at_90_percent_reads_only_what_is_left(tmp_path, monkeypatch):
+    numbered_corpus(tmp_path / "src", n=100, words=60)  # 95 train units
+    log = tmp_path / "reads.log"
+    real_read = FileSource._read
+
+    def logged(self, unit, piece, stream):  # inherited by the forked workers
+        with open(log, "a") as f:
+            f.write(f"{unit.path}\n")
+        return real_read(self, unit, piece, stream)
+
+    monkeypatch.setattr(FileSource, "_read", logged)
+    real_write, written = prepare_module.write_shard, []
+
+    def crash_at_90_percent(path, tokens, header):
+        if path.name.startswith("train") and len(written) == 5 + 86:  # 5 val shards first
+            raise KeyboardInterrupt
+        written.append(path)
+        real_write(path, tokens, header)
+
+    monkeypatch.setattr(prepare_module, "write_shard", crash_at_90_percent)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(tmp_path / "src", tmp_path / "out", "--shard_tokens", "300")
+    monkeypatch.setattr(prepare_module, "write_shard", real_write)
+    done = read_header(tmp_path / "out" / "train_000085.bin")["end_item"]
+    log.unlink()
+    run_prepare(tmp_path / "src", tmp_path / "out", "--shard_tokens", "300")
+    units = get_source(str(tmp_path / "src")).units("train")
+    reread = log.read_text().splitlines()
+    assert done == 86 and done / len(units) > 0.9
+    assert sorted(reread) == sorted(u.path for u in units[done:])  # nothing before it
+
+
+def test_shards_are_checksummed_once(tmp_path, monkeypatch):
+    from data import shards
+    numbered_corpus(tmp_path / "src", n=40)
+    run_prepare(tmp_path / "src", tmp_path / "out")
+    tok = byte_tokenizer()
+    calls = []
+    real = shards.checksum
+    monkeypatch.setattr(shards, "checksum", lambda data: calls.append(1) or real(data))
+    first = read_prepared(tmp_path / "out", "train", tok)
+    assert len(calls) == len(first)
+    calls.clear()
+    read_prepared(tmp_path / "out", "train", tok)  # a restart: sizes and headers only
+    assert not calls
+    path = tmp_path / "out" / "train_000000.bin"
+    path.write_bytes(path.read_bytes())  # touched: checked in full again
+    read_prepared(tmp_path / "out", "train", tok)
+    assert len(calls) == 1
+
+
+def test_a_missing_shard_is_one_line(tmp_path):
+    numbered_corpus(tmp_path / "src", n=40)
+    run_prepare(tmp_path / "src", tmp_path / "out")
+    (tmp_path / "out" / "train_000002.bin").unlink()
+    with pytest.raises(DataError, match="train_000002.bin is missing"):
+        read_prepared(tmp_path / "out", "train", byte_tokenizer())

@@ -47,11 +47,11 @@ def fineweb_rows(n: int) -> dict[str, list]:
 
 
 def test_fineweb_edu_shaped_parquet_through_the_hub_code_path(tmp_path):
-    pq.write_table(pa.table(fineweb_rows(400)), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table(fineweb_rows(400)), tmp_path / "part-0.parquet", row_group_size=20)
     source = get_source(str(tmp_path / "*.parquet"), min_int_score=3)
     assert isinstance(source, FileSource)  # the class that reads Hub datasets
     train, val = list(source.documents("train")), list(source.documents("val"))
-    assert len(source.units("train")) > 10  # one row group, cut into slices of rows
+    assert len(source.units("all")) == 20  # a unit per row group
     kept = {int(t.split()[2]) for t in train + val}
     assert kept == {i for i in range(400) if i % 5 + 1 >= 3}
     assert val and not set(train) & set(val)
@@ -74,11 +74,11 @@ def test_jsonl_rows_are_documents(tmp_path):
 
 
 def test_a_text_file_is_cut_into_line_aligned_units(tmp_path):
-    lines = [f"line {i} of the book\n" for i in range(3000)]
+    lines = [f"line {i} of the book\n" for i in range(40_000)]  # 0.9 MB
     (tmp_path / "book.txt").write_text("".join(lines))
     source = get_source(str(tmp_path / "book.txt"))
     units = sorted(source.units("all"), key=lambda u: u.start)  # train's, then val's
-    assert len(units) > 50 and units[0].start == 0 and units[-1].stop == len("".join(lines))
+    assert len(units) > 20 and units[0].start == 0 and units[-1].stop == len("".join(lines))
     assert all(a.stop == b.start for a, b in zip(units, units[1:]))  # contiguous, no gap
     raw = (tmp_path / "book.txt").read_bytes()
     assert all(raw[u.start - 1:u.start] == b"\n" for u in units[1:])  # each starts at a line
@@ -92,7 +92,7 @@ def test_a_line_longer_than_a_unit_is_cut_at_a_character(tmp_path):
     text = "é" * 600_000  # one line of 1.2 MB of two-byte characters
     (tmp_path / "one.txt").write_text(text)
     source = get_source(str(tmp_path / "one.txt"))
-    assert len(source.units("all")) > 100
+    assert len(source.units("all")) > 30
     units = sorted(source.units("all"), key=lambda u: u.start)
     assert "".join(d for u in units for d in source.read(u)) == text  # no character cut in two
 
@@ -101,10 +101,22 @@ def test_jsonl_units_hold_whole_rows(tmp_path):
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": f"row {i} with enough text to keep\u2028"
                                                 f" and a separator inside"}) + "\n"
-                            for i in range(5000)))
+                            for i in range(20_000)))
     source = get_source(str(path))
-    assert len(source.units("all")) > 100
-    assert len(list(source.documents("all"))) == 5000
+    assert len(source.units("all")) > 30
+    assert len(list(source.documents("all"))) == 20_000
+
+
+def test_a_jsonl_row_longer_than_any_unit_is_read_whole(tmp_path):
+    path = tmp_path / "books.jsonl"
+    rows = [f"short row {i} " + "x" * 3000 for i in range(600)]
+    rows.insert(300, "the long row " + "y" * 3_000_000)  # 3 MB, like a book in a code corpus
+    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    source = get_source(str(path))
+    units = source.units("all")
+    assert len(units) > 20 and max(u.stop - u.start for u in units) > 3_000_000
+    read = [d for u in units for d in source.read(u)]
+    assert sorted(read) == sorted(rows)  # every row once, none cut
 
 
 def test_many_text_files_split_by_units(tmp_path):
