@@ -15,9 +15,9 @@ tokens (inputs and targets shifted by one) and the lane's next row starts at tha
 target, so no token is lost or repeated.
 
 **Fewer units than rows.** Then several lanes read the same unit in the same round: each starts
-at another place in it (a fraction of the unit, golden-ratio steps per epoch: `rotation`), reads
-to its end and wraps around to where it started, so no two rows of a batch start at the same
-text, and the unit is still read whole.
+at another place in it (a fraction of the unit that depends on the epoch: `rotation`), reads to
+its end and wraps around to where it started, so no two rows of a batch start at the same text,
+and the unit is still read whole.
 
 **State and resume.** A lane's state is (k, s, p): its k-th unit, segment s of it (the pieces
 in the order the lane reads them), token offset p. Resuming opens each lane's current segment
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import math
 import multiprocessing
 import os
 import signal
@@ -61,7 +60,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 PREFETCH_ROWS = 32  # keep about this many rows per lane read or requested ahead
 MAX_PENDING = 64  # pieces one lane may have requested and not yet received
 STATE_VERSION = 2  # lanes saved as (unit, segment, offset)
-GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 def unit_tokens(source: Source, unit: Unit, tokenizer: Tokenizer, piece: int = 0,
@@ -238,11 +236,14 @@ def _result(future) -> np.ndarray | None:
 
 def rotation(position: int, units: int, rows: int) -> float:
     """Where in its unit the lane reading S[position] starts, as a fraction of the unit: 0 when
-    there are at least as many units as rows; otherwise another fraction in every epoch
-    (multiples of the golden ratio), so lanes reading the same unit in one round start apart."""
+    there are at least as many units as rows. Otherwise a round of G positions spans at most
+    m + 1 epochs (m = ceil(G / units)), and epoch e starts at (e mod (m + 1)) / (m + 1): lanes
+    reading the same unit in one round start apart, and on average before its middle (a big row
+    group is decoded up to the start once more: 1 + m / (2m + 2) < 1.5 times on average)."""
     if units >= rows:
         return 0.0
-    return (position // units) * GOLDEN % 1.0
+    starts = -(-rows // units) + 1
+    return (position // units) % starts / starts
 
 
 class UnitSizes:

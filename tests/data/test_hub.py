@@ -214,13 +214,12 @@ def test_a_job_starts_with_one_listing_and_no_footer_per_rank(hub):
     tails = [r for r in reads for name, size in sizes.items()
              if name in r and r.endswith(f"-{size - 1}")]
     assert not tails  # footers: read once, at the listing
-    assert all("/resolve/" in r for r in reads) and len(reads) <= 16 * 2  # a unit per lane
-    assert listing <= 12  # revision, card, file listing, three footers, held-out row groups
+    assert all("/resolve/" in r and "bytes=" in r for r in reads)  # row groups' text only
+    assert len(set(reads)) == len(reads) >= 16  # each lane's units, none fetched twice
+    assert listing <= 20  # revision, card, file listing, 3 footers, the held-out row groups
 
 
 def test_the_hub_revision_is_pinned_for_the_run_and_a_new_one_is_refused(tmp_path):
-    import pickle
-
     old, new = tmp_path / "v1", tmp_path / "v2"
     for folder, first in ((old, 0), (new, 50_000)):
         for f in range(2):
@@ -247,8 +246,9 @@ def test_the_hub_revision_is_pinned_for_the_run_and_a_new_one_is_refused(tmp_pat
         moved = run_script("models/gpt.py", *run[:3], f"org/corpus@{second_sha}", *run[4:],
                            "--max_iters", "6", "--resume", cwd=tmp_path, env=env)
         assert_one_line_error(moved, first_sha, second_sha, "cannot resume")
-        pinned = get_source(f"org/corpus@{first_sha}")
-        assert pinned.revision == first_sha and pickle.loads(pickle.dumps(pinned)).revision
+        named = run_script("models/gpt.py", *run[:3], f"org/corpus@{first_sha}", *run[4:],
+                           "--max_iters", "6", "--resume", cwd=tmp_path, env=env)
+        assert named.returncode == 0, named.stderr
 
 
 def test_row_groups_below_min_int_score_are_never_fetched(tmp_path, monkeypatch):

@@ -117,22 +117,23 @@ def test_val_data_inside_the_training_folder_is_never_trained_on(tmp_path):
     assert not {document_key(d) for d in documents} & {document_key(val_text.strip())}
 
 
-def test_val_data_with_a_dataset_that_has_its_own_splits(tmp_path):
-    data = tmp_path / "wiki"
+def test_val_data_with_a_hub_dataset_that_has_its_own_splits(tmp_path, monkeypatch):
+    from tests.data.test_hub import serve
+
+    repo = tmp_path / "wiki"
+    (repo / "data").mkdir(parents=True)
     for split, first in (("train", 0), ("validation", 5000), ("test", 9000)):
-        data.mkdir(exist_ok=True)
         rows = [f"Article {i} tells of a ship that sailed to the northern islands."
                 for i in range(first, first + 300)]
-        pq.write_table(pa.table({"text": rows}), data / f"{split}-00000-of-00001.parquet",
+        pq.write_table(pa.table({"text": rows}), repo / "data" / f"{split}-00000-of-00001.parquet",
                        row_group_size=50)
-    source = get_source(str(data))  # a folder of split-named files: one source
     prose(tmp_path / "mine.txt", 400)
-    train, _, _ = loaders(tmp_path, data=str(data / "*.parquet"), val_data=str(tmp_path /
-                          "mine.txt"), val_tokens=2048)
-    numbers = {int(d.split()[1]) for d in training_documents(train)}
-    train.close()
-    assert numbers and max(numbers) < 5000  # no validation or test article trains
-    assert source.units("all")
+    with serve(repo, "org/wiki", monkeypatch, tmp_path / "cache"):
+        train, _, _ = loaders(tmp_path, data="org/wiki", val_data=str(tmp_path / "mine.txt"),
+                              val_tokens=2048)
+        numbers = {int(d.split()[1]) for d in training_documents(train)}
+        train.close()
+    assert numbers == set(range(300))  # its own validation and test articles never train
 
 
 def test_val_data_a_prepared_val_folder_of_the_same_source(tmp_path):
