@@ -108,7 +108,7 @@ def test_ids_the_tokenizer_lacks_are_never_sampled():
 
 
 def test_an_id_the_tokenizer_lacks_is_a_tokenizer_error():
-    with pytest.raises(TokenizerError, match="cannot decode id 306: tokenizer 'bytes' has ids 0-256"):
+    with pytest.raises(TokenizerError, match="cannot decode id 306: .*'bytes' has ids 0-256"):
         byte_tokenizer().decode([104, 105, 306])
 
 
