@@ -60,7 +60,8 @@ def test_a_20000_letter_word_is_linear_and_exact(gpt2):
     """Rescanning every pair after each join took 4 s for 16,000 letters (quadratic); the heap
     looks up each new pair once: at most 3 lookups per letter, the same ids as tiktoken."""
     fast, readable = gpt2
-    word = "".join(random.Random(0).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(20_000))
+    letters = random.Random(0)
+    word = "".join(letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(20_000))
 
     class CountingDict(dict):
         lookups = 0
@@ -75,7 +76,7 @@ def test_a_20000_letter_word_is_linear_and_exact(gpt2):
     finally:
         readable.rank_of = dict(readable.rank_of)
     assert ids == fast.encode(word)
-    assert len(ids) < len(word) / 2  # it merged a lot: the count below means something
+    assert len(word) - len(ids) > 5_000  # thousands of joins: the count below means something
     assert CountingDict.lookups <= 3 * len(word)
 
 
