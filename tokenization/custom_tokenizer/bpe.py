@@ -57,10 +57,10 @@ def compile_like_tiktoken(pattern: str) -> regex.Pattern:
     """The pattern for the `regex` module, with each \\p{...} class spelled out as the
     characters tiktoken's regex engine puts in it.
 
-    The two engines follow different Unicode versions (at the time of writing `regex` 17.0,
-    tiktoken 16.0: ~17,000 newer letters are letters to one only), so "\\U00010940's" would split
-    differently. Rather than trust a version, we ask tiktoken: one pass over every code point.
-    (\\s is Unicode's White_Space in both; the tests check every code point of each class.)
+    The two engines follow different Unicode versions (with regex 2026.11.19 and tiktoken 0.14.0,
+    17,144 letters are letters to `regex` only), so "\\U00010940's" would split differently.
+    Rather than trust a version, we ask tiktoken: one pass over every code point.
+    (\\s is Unicode's White_Space in both; a test checks GPT-2's classes on every code point.)
     """
     def spelled_out(match: regex.Match, inside_class: bool) -> str:
         ranges = tiktoken_class(match.group())
