@@ -280,6 +280,19 @@ def _pattern_of(pre_tokenizer: dict | None) -> str:
                      "(ByteLevel, or Split on a regex then ByteLevel)")
 
 
+def _adds_tokens(post_processor: dict | None) -> bool:
+    """Whether a post-processor puts tokens around the text (ByteLevel and a template of the
+    text alone, as transformers writes for GPT-2, add none)."""
+    if not post_processor:
+        return False
+    kind = post_processor.get("type")
+    if kind == "Sequence":
+        return any(map(_adds_tokens, post_processor.get("processors", [])))
+    if kind == "TemplateProcessing":
+        return any("SpecialToken" in piece for piece in post_processor.get("single", []))
+    return kind != "ByteLevel"
+
+
 def _unsupported(spec: dict, config: dict) -> str | None:
     """What in a tokenizer.json (and tokenizer_config.json) we do not reproduce, or None."""
     model, pre_tokenizer = spec["model"], spec.get("pre_tokenizer") or {}
@@ -296,7 +309,7 @@ def _unsupported(spec: dict, config: dict) -> str | None:
     plain = [t["content"] for t in spec.get("added_tokens", []) if not t.get("special")]
     if plain:
         return f"it has added tokens that are not special ({', '.join(plain[:3])})"
-    if _types(spec.get("post_processor")) not in ("none", "ByteLevel"):
+    if _adds_tokens(spec.get("post_processor")):
         return f"its post-processor ({_types(spec['post_processor'])}) adds tokens to the text"
     if _types(spec.get("decoder")) != "ByteLevel":
         return f"its decoder ({_types(spec.get('decoder'))}) is not ByteLevel"

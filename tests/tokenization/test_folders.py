@@ -43,8 +43,10 @@ def bpe_folder(folder, trainer_specials=(), normalizer=None, add_prefix_space=Fa
     return folder
 
 
-def test_a_folder_we_reproduce_loads_with_the_ids_of_tokenizers(tmp_path):
-    folder = bpe_folder(tmp_path / "plain")
+@pytest.mark.parametrize("post_processor", [None, processors.TemplateProcessing(single="$A")])
+def test_a_folder_we_reproduce_loads_with_the_ids_of_tokenizers(tmp_path, post_processor):
+    """The usual recipe; and with the template of the text alone that transformers 5 writes."""
+    folder = bpe_folder(tmp_path / "plain", post_processor=post_processor)
     ours = get_tokenizer(str(folder))
     theirs = RustTokenizer.from_file(str(folder / "tokenizer.json"))
     sample = text()[:100_000]
@@ -102,3 +104,33 @@ def test_save_keeps_the_id_of_every_special_token(tmp_path):
     assert get_tokenizer(str(tmp_path / "saved")).special_tokens == {EOT: 257, "<|pad|>": 256}
     hf = AutoTokenizer.from_pretrained(tmp_path / "saved")
     assert hf.convert_tokens_to_ids([EOT, "<|pad|>"]) == [257, 256]
+
+
+def test_gpt2s_own_tokenizer_json_loads_as_gpt2(gpt2_tiktoken_file, tmp_path):
+    """GPT-2's tokenizer.json as the Hub has it (ByteLevel pre-tokenizer with its built-in regex,
+    only the merges training chose, <|endoftext|> inside the vocabulary): the most common folder
+    made elsewhere must still load, as gpt2."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from tokenization.custom_tokenizer import BytePairEncoding
+    from tokenization.tokenizer import tokenizer_from_tiktoken_file
+
+    fast = tokenizer_from_tiktoken_file(gpt2_tiktoken_file, name="gpt2")
+    readable = BytePairEncoding.from_ranks(fast.ranks, fast.special_tokens)
+    chars = bytes_to_unicode()
+
+    def spelled(token: bytes) -> str:
+        return "".join(chars[b] for b in token)
+
+    vocab = {spelled(token): rank for token, rank in fast.ranks.items()} | {EOT: 50256}
+    merges = [(spelled(readable.vocab[a]), spelled(readable.vocab[b]))
+              for (a, b), _ in sorted(readable.merges.items(), key=lambda item: item[1])]
+    gpt2 = RustTokenizer(models.BPE(vocab, merges))
+    gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    gpt2.post_processor = processors.ByteLevel(trim_offsets=False)
+    gpt2.decoder = decoders.ByteLevel()
+    gpt2.add_special_tokens([EOT])
+    (tmp_path / "gpt2").mkdir()
+    gpt2.save(str(tmp_path / "gpt2" / "tokenizer.json"))
+    loaded = get_tokenizer(str(tmp_path / "gpt2"))
+    assert loaded.name == "gpt2" and loaded.fingerprint() == fast.fingerprint()
