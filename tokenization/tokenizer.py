@@ -6,7 +6,8 @@ table:
 - `gpt2`: GPT-2's 50,256 ranks plus <|endoftext|> = 50256;
 - `bytes`: the 256 single bytes plus <|endoftext|> = 256 (no file needed);
 - a `.tiktoken` file of ranks (GPT-2's pattern and <|endoftext|> after the last rank);
-- a folder in transformers' format (`tokenizer.json`), as `train_tokenizer.py` and `save()` write.
+- a folder in transformers' format (`tokenizer.json`), as `train_tokenizer.py` and `save()` write,
+  or one made elsewhere whose ids we reproduce exactly (anything else is refused by name).
 
 `spec()` returns the whole table as plain values, so a checkpoint carries its tokenizer and needs
 no file at inference time; `Tokenizer.from_spec` rebuilds it. `save(folder)` writes transformers'
