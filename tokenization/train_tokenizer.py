@@ -31,8 +31,9 @@ from tokenization.tokenizer import EOT, GPT2_PATTERN, Tokenizer, TokenizerError,
 from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
 
 MIN_VOCAB = 256 + 1  # every byte, plus <|endoftext|>
-# Characters of text to learn from. For 52,000 ids: the 52,000th token of English text occurs a
-# few times per million words, so 1e9 characters (~200M words) see it hundreds of times.
+# Characters of text to learn from, sized for 52,000 ids: by Zipf's law the word ranked 40,000th
+# in English occurs a few times per million words, so in 1e9 characters (~200M words) the last
+# merges are counted hundreds of times. Memory and time: tokenization/README.md.
 DEFAULT_MAX_CHARS = 1_000_000_000
 T = TypeVar("T")
 
