@@ -15,10 +15,14 @@ from transformer_setup.transformer import GPT
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
+                top_p: float | None = None, generator: torch.Generator | None = None,
+                n_vocab: int | None = None) -> torch.Tensor:
     """One id per row of logits (B, V). temperature 0 is greedy; top_k keeps the k likeliest;
-    top_p keeps the smallest set whose probability reaches p (nucleus sampling)."""
+    top_p keeps the smallest set whose probability reaches p (nucleus sampling). Only ids below
+    n_vocab are drawn: a model may have more rows than its tokenizer has ids (`--vocab_size 320`
+    with the 257 of `bytes`), and those ids decode to nothing."""
+    if n_vocab is not None:
+        logits = logits[..., :n_vocab]
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -42,10 +46,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              num_samples: int = 1, stop_id: int | None = None,
-             generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+             generator: torch.Generator | None = None,
+             n_vocab: int | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of each of num_samples continuations, shape (num_samples,), one step
     at a time. A prompt longer than the context keeps its last block_size tokens. A sample that
-    produced stop_id keeps yielding stop_id; generation ends when all have stopped."""
+    produced stop_id keeps yielding stop_id; generation ends when all have stopped. Pass the
+    tokenizer's n_vocab so that no id it cannot decode is drawn (see sample_next)."""
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
     block_size = model.config.block_size
@@ -59,7 +65,7 @@ def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, *,
         logits = model(history)[:, -1]
         position = history.shape[1]
         for _ in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, top_p, generator)
+            token = sample_next(logits, temperature, top_k, top_p, generator, n_vocab)
             if stop_id is not None:
                 token = token.masked_fill(finished, stop_id)
                 finished |= token == stop_id

@@ -110,7 +110,8 @@ class Generator:
             yield from generate(self.model, self.prompt_ids(prompt), args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k or None,
                                 top_p=args.top_p, num_samples=args.num_samples,
-                                stop_id=self.tokenizer.eot_id, generator=self.rng)
+                                stop_id=self.tokenizer.eot_id, generator=self.rng,
+                                n_vocab=self.tokenizer.n_vocab)
 
     def respond(self, prompt: str, out=sys.stdout) -> None:
         """Print the continuation(s) of prompt; one sample streams token by token."""

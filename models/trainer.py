@@ -679,7 +679,8 @@ class Run:
             generator = torch.Generator(device=self.device).manual_seed(tc.seed)
             with self.ctx:
                 ids = generate_ids(self.raw_model, [self.tokenizer.eot_id], tc.sample_tokens,
-                                   temperature=0.8, top_k=200, generator=generator)[0]
+                                   temperature=0.8, top_k=200, generator=generator,
+                                   n_vocab=self.tokenizer.n_vocab)[0]
             self.log(f"sample: {self.tokenizer.decode(ids)!r}")
         if val_loss < p.best_val_loss:
             p.best_val_loss = val_loss

@@ -2,22 +2,29 @@
 
     python scripts/benchmark_tokenizers.py                       # gpt2 and a trained 52k vocab
     python scripts/benchmark_tokenizers.py --tokenizer gpt2 --json
+    python scripts/benchmark_tokenizers.py --readable             # the readable BPE, long words
 
 Both sides encode the same documents as a batch and must produce the same ids. "1 thread" runs
 tiktoken with num_threads=1 and `tokenizers` with TOKENIZERS_PARALLELISM=false; "all threads"
 uses every core for both. The best of --repeat runs is reported.
+
+--readable times instead the plain-Python BPE of tokenization/custom_tokenizer on one word of N
+random letters, with GPT-2's merges (--tokenizer, default gpt2), against tiktoken: how its time
+grows with the length of a chunk.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from data.sources import get_source
+from tokenization.custom_tokenizer import BytePairEncoding
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from tokenization.train_tokenizer import train_bpe
 from transformer_setup.cli import ArgumentParser, positive_int, run_main
@@ -72,6 +79,26 @@ def measure(tokenizer: Tokenizer, docs: list[str], repeat: int) -> list[dict]:
     return rows
 
 
+def readable_rows(tokenizer: Tokenizer, lengths: list[int], repeat: int) -> list[dict]:
+    """Seconds to encode one word of n random letters: the readable BPE against tiktoken."""
+    readable = BytePairEncoding.from_ranks(tokenizer.ranks, tokenizer.special_tokens,
+                                           tokenizer.pattern)
+    rows = []
+    for n in lengths:
+        letters = random.Random(n)
+        word = "".join(letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n))
+        if readable.encode(word) != tokenizer.encode(word):
+            raise RuntimeError(f"the readable BPE and tiktoken disagree on {n} letters")
+        # A word encodes once per measurement: a fresh copy has an empty cache.
+        fresh = [BytePairEncoding(readable.merges, readable.special_tokens, readable.pattern,
+                                  readable.byte_ids) for _ in range(repeat)]
+        readable_s = best_seconds(lambda w=word, f=fresh: f.pop().encode(w), repeat)
+        tiktoken_s = best_seconds(lambda w=word: tokenizer.encode(w), repeat)
+        rows.append({"tokenizer": tokenizer.name, "letters": n, "readable_s": readable_s,
+                     "tiktoken_s": tiktoken_s})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", action="append",
@@ -80,7 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_chars", type=positive_int, default=3_000_000)
     parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--readable", action="store_true",
+                        help="time the readable BPE on long words instead")
+    parser.add_argument("--letters", type=positive_int, nargs="+",
+                        default=[1_000, 4_000, 16_000, 64_000],
+                        help="word lengths for --readable")
     args = parser.parse_args(argv)
+    if args.readable:
+        tokenizer = get_tokenizer((args.tokenizer or ["gpt2"])[0])
+        rows = readable_rows(tokenizer, args.letters, args.repeat)
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(
+            f"{r['letters']:>8,} letters: readable {r['readable_s']:.4f} s, "
+            f"tiktoken {r['tiktoken_s']:.4f} s" for r in rows))
+        return
     docs = benchmark_documents(args.max_chars)
     tokenizers = [get_tokenizer(name) for name in args.tokenizer or ["gpt2"]]
     if not args.tokenizer:

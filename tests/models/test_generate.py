@@ -1,8 +1,11 @@
 """Generation: KV-cache decoding equals recomputation, sampling options, sliding window."""
 
+import pytest
 import torch
 
 from models.generate import generate, generate_ids, sample_next
+from tests.helpers import run_script
+from tokenization.tokenizer import TokenizerError, byte_tokenizer
 from transformer_setup.params import ModelConfig
 from transformer_setup.transformer import GPT
 
@@ -82,3 +85,43 @@ def test_generate_restores_training_mode_and_clears_cache():
     model = small_model().train()
     list(generate(model, [1], 3, temperature=0))
     assert model.training and all(b.attn.kv_cache is None for b in model.blocks)
+
+
+def padded_model() -> GPT:
+    """320 rows for a 257-id tokenizer (`--vocab_size 320` with `bytes`), the extra rows made the
+    likeliest, as an untrained or unlucky model may have them."""
+    model = small_model(vocab_size=320)
+    favour = torch.zeros(320)
+    favour[257:] = 100.0
+    model.register_forward_hook(lambda module, args, logits: logits + favour)
+    return model
+
+
+def test_ids_the_tokenizer_lacks_are_never_sampled():
+    model, n_vocab = padded_model(), byte_tokenizer().n_vocab
+    assert max(generate_ids(model, [1, 2], 8, temperature=0)[0]) >= n_vocab  # else no test
+    for options in (dict(temperature=0), dict(temperature=2.0), dict(top_k=5), dict(top_p=0.9)):
+        samples = generate_ids(model, [1, 2], 40, num_samples=4, n_vocab=n_vocab,
+                               generator=torch.Generator().manual_seed(0), **options)
+        assert max(max(s) for s in samples) < n_vocab, options
+        byte_tokenizer().decode(samples[0])
+
+
+def test_an_id_the_tokenizer_lacks_is_a_tokenizer_error():
+    with pytest.raises(TokenizerError, match="cannot decode id 306: .*'bytes' has ids 0-256"):
+        byte_tokenizer().decode([104, 105, 306])
+
+
+def test_a_padded_vocabulary_samples_while_training_and_in_inference(tmp_path):
+    """`--vocab_size 320` with the bytes tokenizer: the step-0 sample and inference.py at a high
+    temperature (which picked padding ids, 63 of 320, nearly every few tokens) both decode."""
+    result = run_script("models/gpt.py", "--preset", "tiny", "--tokenizer", "bytes",
+                        "--vocab_size", "320", "--max_iters", "1", "--eval_iters", "1",
+                        "--batch_size", "2", "--block_size", "32", "--sample_tokens", "64",
+                        "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sample:" in result.stdout + result.stderr
+    result = run_script("models/inference.py", str(tmp_path / "run" / "latest.pt"), "--prompt",
+                        "def", "--max_new_tokens", "64", "--temperature", "3", "--top_k", "0",
+                        "--num_samples", "2", "--seed", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
