@@ -47,7 +47,8 @@ def sample_text(source: Source, max_chars: int, seed: int,
     units = source.units("train")
     texts, chars = [], 0
     for index in random.Random(seed).sample(range(len(units)), len(units)):
-        for text in source.read(units[index]):
+        unit = units[index]
+        for text in (t for piece in range(unit.pieces) for t in source.read(unit, piece)):
             text = text[:max_chars - chars]
             texts.append(text.encode("utf-8", errors="replace"))
             chars += len(text)
