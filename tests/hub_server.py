@@ -8,8 +8,10 @@ naming the newest), and counts the requests and the bytes it sends per file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import threading
 from collections import Counter
@@ -153,3 +155,33 @@ class HubServer:
         request.end_headers()
         if not head:
             request.wfile.write(body)
+
+
+@contextlib.contextmanager
+def pointed_at(server: HubServer, cache: Path):
+    """Every Hub client of this process (huggingface_hub, datasets, HfFileSystem) talks to
+    `server`, with the project's cache in `cache`; everything restored afterwards."""
+    import datasets.config
+    from huggingface_hub import HfFileSystem, constants
+
+    patched = [(constants, "ENDPOINT", server.endpoint),
+               (datasets.config, "HF_ENDPOINT", server.endpoint),
+               (constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patched]
+    environ = {key: os.environ.get(key) for key in ("HF_ENDPOINT", "XDG_CACHE_HOME")}
+    HfFileSystem.clear_instance_cache()  # fsspec keeps one per argument set, endpoint baked in
+    try:
+        for obj, name, value in patched:
+            setattr(obj, name, value)
+        os.environ.update(HF_ENDPOINT=server.endpoint, XDG_CACHE_HOME=str(cache))
+        yield server
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+        for key, value in environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        HfFileSystem.clear_instance_cache()

@@ -8,13 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from huggingface_hub import HfFileSystem
 
 from data import sources
 from data.loader import StreamingLoader, take_batches
 from data.sources import DataError, FileSource, get_source
 from tests.helpers import assert_one_line_error, run_script
-from tests.hub_server import HubServer
+from tests.hub_server import HubServer, pointed_at
 from tokenization.tokenizer import byte_tokenizer
 
 CARD = """---
@@ -45,17 +44,9 @@ def write_parquet(path, first: int, rows: int, row_group: int) -> None:
 @contextlib.contextmanager
 def serve(repo, repo_id: str, monkeypatch, cache):
     """Serve folder `repo` as dataset repo_id, with every Hub client pointed at it."""
-    HfFileSystem.clear_instance_cache()  # fsspec keeps one per argument set, endpoint baked in
-    with HubServer(repo, repo_id) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", server.endpoint)
-        monkeypatch.setattr("datasets.config.HF_ENDPOINT", server.endpoint)
-        monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    with HubServer(repo, repo_id) as server, pointed_at(server, cache):
         server.repo = repo
         yield server
-    HfFileSystem.clear_instance_cache()
 
 
 @pytest.fixture
