@@ -115,7 +115,8 @@ def default_ffn_hidden(n_embd: int, mlp: str) -> int:
 
 @dataclass
 class TrainConfig:
-    """How to train: data, optimisation, evaluation and checkpointing."""
+    """How to train: data, optimisation, evaluation and checkpointing. The defaults complete a
+    preset; they are not a run of their own (models/gpt.py applies 1b when none is named)."""
 
     data: str = "pydocs"  # dataset name, local path or glob, Hub id, or prepared folder
     val_data: str | None = None  # validation text (any --data spec); None: held out of --data
