@@ -457,7 +457,7 @@ class Run:
                                 f"diverged); {where}; try a lower --learning_rate")
         k = self.tc.keep_checkpoints
         lineage = sorted({*p.numbered, p.step}) if k else []
-        p.numbered, dropped = lineage[-k:] if k else [], lineage[:-k] if k else []
+        p.numbered, dropped = lineage[-k:], lineage[:-k]  # k = 0: both empty
         self.write(self.latest_path, with_training_state=True)  # records p.numbered
         p.saved_step = p.step
         if k and self.d.is_main:  # a copy, then the lowest steps of this lineage beyond k go
