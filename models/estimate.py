@@ -6,6 +6,8 @@ under mixed precision; docs/BENCHMARKS.md compares it with measured peaks.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -120,3 +122,29 @@ def auto_micro_batch(config: ModelConfig, global_batch_tokens: int | None, world
                         "estimate; add --gradient_checkpointing (or --checkpoint_selective) or "
                         "give --batch_size")
     return best
+
+
+def matmul_flops_per_second(device: torch.device, n: int = 1024) -> float:
+    """The dense float32 matmul speed of this device, best of three n x n products: the peak a
+    run on a CPU is measured against (a GPU's comes from its data sheet, models/device.py)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = math.inf
+    for _ in range(4):  # the first warms up
+        start = time.perf_counter()
+        (a @ b).sum().item()  # .item() waits for the device
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def seconds_per_step(flops_per_token: float, tokens_per_step: int,
+                     flops_per_second: float) -> float:
+    """An optimizer step's time if the run computes at flops_per_second."""
+    return flops_per_token * tokens_per_step / flops_per_second
+
+
+def duration(seconds: float) -> str:
+    """3.1 minutes, 13.4 hours, 2.1 days (from two of a unit; seconds below that)."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"

@@ -1,18 +1,23 @@
 """Train a GPT from scratch.
 
+    python models/gpt.py                                    # the flagship: --preset 1b
     python models/gpt.py --preset tiny                      # a few minutes on a laptop CPU
-    python models/gpt.py --preset 1b --dry_run              # size, FLOPs, memory; no weights
+    python models/gpt.py --dry_run                          # size, FLOPs, memory; no weights
     python models/gpt.py --preset gpt2 --max_iters 100 --learning_rate 3e-4 --out_dir out/x
-    torchrun --nproc_per_node 8 models/gpt.py --preset 1b     # data-parallel on 8 GPUs
+    torchrun --nproc_per_node 8 models/gpt.py               # the flagship on 8 GPUs
+    python models/gpt.py --resume                           # continue checkpoints_1B/latest.pt
 
-Any ModelConfig or TrainConfig field is a flag (see --help). Writes OUT_DIR/latest.pt (every
---save_interval steps and at the end), OUT_DIR/best_model.pt (best validation loss) and
-TensorBoard logs under OUT_DIR.
+Any ModelConfig or TrainConfig field is a flag (see --help); with no --preset, the 1b preset is
+applied. Writes OUT_DIR/latest.pt (every --save_interval steps and at the end),
+OUT_DIR/best_model.pt (best validation loss) and TensorBoard logs under OUT_DIR. A run too slow
+for the device found (the flagship on a CPU) stops before reading any data, unless --device is
+named.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING, Any
 
 from transformer_setup.cli import ArgumentParser, UserError, add_dataclass_arguments, run_main
@@ -26,7 +31,13 @@ from transformer_setup.params import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from tokenization.tokenizer import Tokenizer
+
+DEFAULT_PRESET = "1b"  # a bare `python models/gpt.py` is the flagship run, as in the seed
+SLOW_STEP_SECONDS = 60.0  # an estimated optimizer step longer than this on the device found
+# (not named with --device) stops the run before it reads data
 
 # torch and the training machinery are imported where they are used, after the arguments are
 # parsed: `--help` and a mistyped flag answer at once instead of after seconds of imports.
@@ -41,17 +52,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any
 
 
 def make_parser(preset: str | None = None) -> ArgumentParser:
-    """Every config field as a flag, described by its comment, with the preset's values."""
-    shown = {}
-    if preset:
-        values = {**PRESETS[preset]["model"], **PRESETS[preset]["train"]}
-        shown = {k: (v, f" with --preset {preset}") for k, v in values.items()}
+    """Every config field as a flag, described by its comment, with the preset's values (the
+    default preset's when none is named)."""
+    shown_preset = preset or DEFAULT_PRESET
+    values = {**PRESETS[shown_preset]["model"], **PRESETS[shown_preset]["train"]}
+    shown = {k: (v, f" with --preset {shown_preset}") for k, v in values.items()}
     parser = ArgumentParser(description="Train a GPT language model from scratch. Every field "
                             "of ModelConfig and TrainConfig is a flag; a preset sets many at "
                             "once, and flags override it (put --preset first to see its values "
-                            "below).")
-    parser.add_argument("--preset", help=f"{' | '.join(PRESETS)}: tiny trains on a CPU in "
-                        "minutes, offline; gpt2 is GPT-2 small; 1b is the flagship")
+                            f"below). With no --preset, --preset {DEFAULT_PRESET} (the flagship) "
+                            "is applied. With --resume, the checkpoint's configuration is used "
+                            "and only the flags given change it.")
+    parser.add_argument("--preset", help=f"{' | '.join(PRESETS)} (default: {DEFAULT_PRESET}): "
+                        "tiny trains on a CPU in minutes, offline; gpt2 is GPT-2 small; 1b is "
+                        "the flagship")
     add_dataclass_arguments(parser, ModelConfig, "model (ModelConfig)", shown)
     add_dataclass_arguments(parser, TrainConfig, "training (TrainConfig)", shown)
     return parser
@@ -63,13 +77,62 @@ def gigabytes(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.1f} GB"
 
 
+def step_layout(model_config: ModelConfig, tc: TrainConfig, dtype: torch.dtype,
+                memory_bytes: float, world_size: int = 1) -> tuple[int, int]:
+    """(micro-batch, accumulation) of one process, as the trainer will pick them."""
+    from models.estimate import auto_micro_batch
+
+    batch = tc.batch_size or auto_micro_batch(model_config, tc.global_batch_tokens, world_size,
+                                              dtype, memory_bytes)
+    if tc.global_batch_tokens is None:
+        return batch, tc.accumulation_steps
+    return batch, max(1, tc.global_batch_tokens // (batch * model_config.block_size * world_size))
+
+
+def machine_speed(device: torch.device) -> tuple[float, str] | None:
+    """The peak FLOP/s of the device found, with words saying where the figure comes from:
+    a known GPU's data sheet, or a matmul timed on the CPU; None where neither is known."""
+    from models.device import peak_flops
+    from models.estimate import matmul_flops_per_second
+
+    if device.type == "cuda":
+        peak = peak_flops(device)
+        return (peak, f"{peak / 1e12:g} TFLOP/s peak") if peak else None
+    if device.type == "cpu":
+        peak = matmul_flops_per_second(device)
+        return peak, f"{peak / 1e9:.0f} GFLOP/s in a float32 matmul"
+    return None
+
+
+def estimate_on_this_machine(model_config: ModelConfig, tc: TrainConfig, world_size: int = 1
+                             ) -> tuple[float, str] | None:
+    """Seconds per optimizer step on the device found (--device), at --assumed_mfu of its
+    peak, and the words to show: the estimate both the dry run and the speed check use."""
+    from models.device import resolve_device, resolve_dtype
+    from models.estimate import device_memory_bytes, duration, meta_model, seconds_per_step
+
+    device = resolve_device(tc.device)
+    speed = machine_speed(device)
+    if speed is None:
+        return None
+    peak, source = speed
+    dtype = resolve_dtype(tc.dtype, device)
+    batch, accumulation = step_layout(model_config, tc, dtype,
+                                      device_memory_bytes(device, tc.gpu_memory_gb), world_size)
+    tokens = batch * accumulation * model_config.block_size  # this process's share
+    seconds = seconds_per_step(meta_model(model_config).flops_per_token(), tokens,
+                               peak * tc.assumed_mfu)
+    longer = f" ({duration(seconds)})" if seconds >= 120 else ""
+    return seconds, (f"about {seconds:,.1f} s{longer} per optimizer step on this "
+                     f"{device.type} ({source}, at {100 * tc.assumed_mfu:g}% of it)")
+
+
 def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
     """Print what the run would cost on one process, without allocating a single weight."""
     import torch
 
     from models.device import dtype_name, resolve_device, resolve_dtype
     from models.estimate import (
-        auto_micro_batch,
         device_memory_bytes,
         largest_micro_batch,
         meta_model,
@@ -85,10 +148,7 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
     if tc.dtype == "auto" and device.type != "cuda":  # sizing a GPU run from a laptop
         dtype, assumed = torch.bfloat16, " (auto on a GPU)"
     memory_bytes = device_memory_bytes(device, tc.gpu_memory_gb)
-    batch = tc.batch_size or auto_micro_batch(model_config, tc.global_batch_tokens, 1, dtype,
-                                              memory_bytes)
-    accumulation = tc.accumulation_steps if tc.global_batch_tokens is None else \
-        tc.global_batch_tokens // (batch * model_config.block_size)
+    batch, accumulation = step_layout(model_config, tc, dtype, memory_bytes)
     tokens = batch * model_config.block_size
     memory = training_memory(model_config, n_params, batch, dtype)
     flops, recomputed = model.flops_per_token(), model.recomputed_flops_per_token(tokens)
@@ -124,6 +184,26 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
           f"{100 * tc.assumed_mfu:g}% MFU: {1 / seconds_per_token:,.0f} tokens/s "
           f"({1e6 * seconds_per_token:.2f} us per token; "
           f"{seconds_per_token * tokens * accumulation:.2f} s per optimizer step)")
+    here = estimate_on_this_machine(model_config, tc)
+    if here is not None and device.type != "cuda":
+        print(f"on this machine: {here[1]}")
+
+
+def check_speed(model_config: ModelConfig, tc: TrainConfig) -> None:
+    """Stop, before any data is read, a run the device found cannot train at a useful speed
+    (the flagship on a CPU): one line with the dry run's estimate. Naming --device runs it."""
+    if tc.device != "auto":
+        return
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    estimate = estimate_on_this_machine(model_config, tc, world_size)
+    if estimate is None or estimate[0] <= SLOW_STEP_SECONDS:
+        return
+    from models.device import resolve_device
+
+    device = resolve_device(tc.device).type
+    raise UserError(f"this configuration would take {estimate[1]}: it is sized for GPUs. "
+                    "`python models/gpt.py --preset tiny` trains a small model on a CPU in "
+                    f"minutes; add --device {device} to run this here anyway")
 
 
 def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
@@ -144,23 +224,41 @@ def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig,
 
 
 def main(argv: list[str] | None = None) -> None:
-    preset, overrides = parse_args(argv)
-    model_config, train_config = build_configs(preset, overrides)
+    named_preset, overrides = parse_args(argv)
+    preset = named_preset or DEFAULT_PRESET
+    tokenizer = None
+    if overrides.get("resume"):  # the checkpoint's configuration; the flags given change it
+        from models.resume import resumed_configs
+
+        out_dir = overrides.get("out_dir", PRESETS[preset]["train"].get(
+            "out_dir", TrainConfig.out_dir))
+        model_config, train_config, tokenizer = resumed_configs(out_dir, overrides)
+    else:
+        model_config, train_config = build_configs(preset, overrides)
     if train_config.dry_run:
         dry_run(model_config, train_config)
         return
+    if tokenizer is None and train_config.init_from:
+        model_config, tokenizer = config_from_init(train_config.init_from, overrides)
+    if tokenizer is None:
+        tokenizer, model_config = tokenizer_and_vocabulary(model_config, train_config,
+                                                           overrides, named_preset)
+    check_speed(model_config, train_config)
     from models.trainer import train
+
+    train(model_config, train_config, tokenizer)
+
+
+def tokenizer_and_vocabulary(model_config: ModelConfig, tc: TrainConfig,
+                             overrides: dict[str, Any], named_preset: str | None
+                             ) -> tuple[Tokenizer, ModelConfig]:
+    """The tokenizer decides the vocabulary, unless --vocab_size asks for more room."""
     from tokenization.tokenizer import get_tokenizer
 
-    if train_config.init_from and not train_config.resume:
-        model_config, tokenizer = config_from_init(train_config.init_from, overrides)
-        train(model_config, train_config, tokenizer)
-        return
-    # The tokenizer decides the vocabulary, unless --vocab_size asks for more room.
     try:
-        tokenizer = get_tokenizer(train_config.tokenizer)
+        tokenizer = get_tokenizer(tc.tokenizer)
     except UserError as err:
-        if preset is None:  # likely a first try: say where an offline start is
+        if named_preset is None:  # likely a first try: say where an offline start is
             raise UserError(f"{err}; new here? `python models/gpt.py --preset tiny` trains a "
                             "small model offline on a CPU in minutes") from None
         raise
@@ -168,8 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     if vocab_size < tokenizer.n_vocab:
         raise UserError(f"--vocab_size {vocab_size} is smaller than the tokenizer's "
                         f"{tokenizer.n_vocab} ids")
-    model_config = dataclasses.replace(model_config, vocab_size=vocab_size)
-    train(model_config, train_config, tokenizer)
+    return tokenizer, dataclasses.replace(model_config, vocab_size=vocab_size)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ iteration runs in float32 (see `Muon`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -156,12 +157,31 @@ def set_learning_rate(optimizer: torch.optim.Optimizer | Optimizers, lr: float) 
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """Linear warmup to the peak over warmup_iters, cosine decay to min_lr at lr_decay_iters,
-    then min_lr. `step` counts optimizer steps from 0."""
+    """The rate of optimizer step `step` (counted from 0). Linear warmup reaches the peak once,
+    at step warmup_iters - 1 (step 0 without warmup); cosine decay from there reaches min_lr at
+    step lr_decay_iters - 1, the last step of a run by default; min_lr after it."""
+    peak_step = max(config.warmup_iters - 1, 0)
+    last = config.lr_decay_iters - 1  # the last step of the decay: min_lr
     if step < config.warmup_iters:
         return config.learning_rate * (step + 1) / config.warmup_iters
-    if step >= config.lr_decay_iters:
+    if step <= peak_step:  # no warmup: step 0 is at the peak
+        return config.learning_rate
+    if step >= last:
         return config.min_lr
-    progress = (step - config.warmup_iters) / max(1, config.lr_decay_iters - config.warmup_iters)
+    progress = (step - peak_step) / (last - peak_step)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return config.min_lr + cosine * (config.learning_rate - config.min_lr)
+
+
+def coherent_schedule(config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A warmup longer than the decay after it (often a preset's warmup under a shorter
+    --max_iters) is shortened to half of lr_decay_iters, the longest that is not, with a note
+    to log: the run still reaches the peak once and decays smoothly to min_lr, instead of never
+    decaying or dropping from the peak to min_lr in one step."""
+    warmup, decay = config.warmup_iters, config.lr_decay_iters
+    if warmup <= decay - warmup:
+        return config, None
+    shorter = decay // 2
+    return dataclasses.replace(config, warmup_iters=shorter), (
+        f"warmup_iters {warmup} is longer than the decay after it (lr_decay_iters {decay}): "
+        f"shortened to {shorter} steps, half of lr_decay_iters")

@@ -82,10 +82,11 @@ def gigabytes(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB"
 
 
-def check_room(out_dir: Path, checkpoint_bytes: int) -> str | None:
-    """Fail before training, not after an hour: the folder must take a real write, and hold at
-    least one checkpoint of the estimated size. Returns a warning when it cannot hold what a run
-    writes at once (a new latest.pt beside the old one, and best_model.pt)."""
+def check_room(out_dir: Path, checkpoint_bytes: int, numbered: int = 0) -> str | None:
+    """Fail before training, not after an hour: the folder must take a real write, and hold
+    latest.pt and the `numbered` copies --keep_checkpoints keeps, at the estimated size. Returns
+    a warning when it cannot also hold what a run writes at once (a new latest.pt beside the
+    old, and best_model.pt)."""
     probe = out_dir / f".write-test-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
@@ -97,13 +98,15 @@ def check_room(out_dir: Path, checkpoint_bytes: int) -> str | None:
     finally:
         probe.unlink(missing_ok=True)
     free = shutil.disk_usage(out_dir).free
-    if free < checkpoint_bytes:
-        raise UserError(f"{out_dir} has {gigabytes(free)} free, but one checkpoint needs about "
-                        f"{gigabytes(checkpoint_bytes)}; free some space or choose another "
-                        "--out_dir")
-    if free < 1.5 * checkpoint_bytes:  # a new latest.pt and best_model.pt beside the old
+    needed = (1 + numbered) * checkpoint_bytes
+    what = "one checkpoint needs" if not numbered else \
+        f"latest.pt and {numbered} numbered copies (--keep_checkpoints) need"
+    if free < needed:
+        raise UserError(f"{out_dir} has {gigabytes(free)} free, but {what} about "
+                        f"{gigabytes(needed)}; free some space or choose another --out_dir")
+    if free < needed + 0.5 * checkpoint_bytes:  # a new latest.pt and best_model.pt beside
         return (f"warning: {out_dir} has {gigabytes(free)} free; writing latest.pt and "
-                f"best_model.pt needs up to {gigabytes(1.5 * checkpoint_bytes)}")
+                f"best_model.pt needs up to {gigabytes(needed + 0.5 * checkpoint_bytes)}")
     return None
 
 

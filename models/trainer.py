@@ -44,14 +44,16 @@ from models.estimate import auto_micro_batch, device_memory_bytes
 from models.generate import generate_ids
 from models.optim import (
     apply_hyperparameters,
+    coherent_schedule,
     learning_rate_at,
     make_optimizer,
     set_learning_rate,
 )
+from models.resume import check_resumable, resume_summary
 from models.run_dir import RunLock, check_room, checkpoint_bytes
 from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import UserError
-from transformer_setup.params import RUNTIME_FIELDS, ModelConfig, TrainConfig
+from transformer_setup.params import ModelConfig, TrainConfig
 from transformer_setup.transformer import GPT
 
 
@@ -66,9 +68,18 @@ SINGLE_PROCESS = Distributed()
 
 @dataclass
 class StepResult:
-    loss: float  # mean over the global batch (all micro-batches, all ranks)
+    loss: float  # mean over the global batch's target tokens (all micro-batches, all ranks)
     grad_norm: float  # before clipping
-    skipped: bool  # not finite: no update was made
+    skipped: bool  # no update was made: not finite, or fp16 overflow (the scaler skipped it)
+
+
+def target_weight(micro_batches: list[tuple[torch.Tensor, ...]], d: Distributed) -> torch.Tensor:
+    """What each micro-batch's summed loss is multiplied by so that the gradients add up to
+    those of the mean over the global batch's targets (-1: ignored), however unevenly they fall
+    across micro-batches and ranks: world size (DDP and FSDP average over ranks) over the count
+    of targets of all ranks."""
+    count = torch.stack([(y != -1).sum() for _, y in micro_batches]).sum()
+    return d.world_size / distributed.total(count, d).clamp(min=1)
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -77,11 +88,12 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    d: Distributed = SINGLE_PROCESS) -> StepResult:
     """Forward and backward over the micro-batches, then one update (or a skip)."""
     n = len(micro_batches)
+    weight = target_weight(micro_batches, d)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     for i, (x, y) in enumerate(micro_batches):
         with distributed.no_sync(model, sync=i == n - 1):
             with ctx:
-                loss = model(x, y) / n
+                loss = model(x, y, reduction="sum") * weight
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
     loss_sum = distributed.mean(loss_sum, d)  # the same value, hence the same decision, on all
@@ -94,9 +106,12 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or overflow_is_normal)
     if finite:
         scaler.step(optimizer)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.update()
+    # fp16: the scaler lowers its scale exactly when it found inf/NaN gradients and skipped
+    overflow = scale is not None and scaler.get_scale() < scale
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_value, grad_norm, skipped=not finite)
+    return StepResult(loss_value, grad_norm, skipped=not finite or overflow)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -129,8 +144,7 @@ def evaluate(model: torch.nn.Module, rows: torch.Tensor, batch_size: int, ctx,
         scored = y >= 0
         count = scored.sum()
         with ctx:
-            loss = model(x, y).double()
-        nats = torch.where(count > 0, loss * count, torch.zeros_like(loss))  # all-padding: 0
+            nats = model(x, y, reduction="sum").double()  # ignored targets add nothing
         n_bytes = (byte_lengths.to(device)[y.clamp(min=0)] * scored).sum()
         sums += torch.stack([nats, count.double(), n_bytes.double()])
     model.train()
@@ -205,38 +219,6 @@ def resolve_accumulation(tc: TrainConfig, block_size: int, world_size: int) -> i
         raise TrainingError(f"global_batch_tokens {tc.global_batch_tokens:,} is not a multiple "
                             f"of batch_size x block_size x processes = {per_step:,}")
     return tc.global_batch_tokens // per_step
-
-
-# Changes on --resume: these alter the data order or what a step means, so they are refused (the
-# global batch, block size and the data itself are checked by the loader and the model config);
-# the rest (learning rate, schedule, weight decay, intervals...) are applied and logged.
-REFUSED_CHANGES = ("seed", "text_field", "data_config", "min_int_score", "fsdp", "optimizer")
-UNTRACKED = ("resume", "dry_run", "out_dir", "init_from", "profile")
-
-
-def check_resumable(ckpt: dict[str, Any], model_config: ModelConfig, tokenizer: Tokenizer,
-                    tc: TrainConfig) -> list[dict[str, Any]]:
-    """Refuse what would silently train something else; return the changes a user may mean."""
-    if "optimizer" not in ckpt:
-        raise CheckpointError("cannot resume from a weights-only checkpoint (best_model.pt); "
-                              "use latest.pt")
-    saved = ckpt["model_config"]
-    for key, value in dataclasses.asdict(model_config).items():
-        if key not in RUNTIME_FIELDS and saved.get(key) != value:
-            raise CheckpointError(f"cannot resume: {key} is {saved.get(key)!r} in the "
-                                  f"checkpoint but {value!r} now")
-    if ckpt["tokenizer"] != tokenizer.spec():
-        raise CheckpointError(f"cannot resume: the checkpoint was trained with tokenizer "
-                              f"{ckpt['tokenizer']['name']!r}, not {tokenizer.name!r}")
-    before = ckpt["train_config"]
-    for key in REFUSED_CHANGES:
-        if key in before and before[key] != getattr(tc, key):
-            raise CheckpointError(f"cannot resume: {key} was {before[key]!r}, now "
-                                  f"{getattr(tc, key)!r} (it changes the data or the run's "
-                                  "layout); resume with the same value")
-    return [{"step": ckpt["step"], "field": key, "from": before[key], "to": value}
-            for key, value in dataclasses.asdict(tc).items()
-            if key in before and before[key] != value and key not in UNTRACKED]
 
 
 PROFILE_SKIP = 2  # steps to wait and warm up before recording (compilation, allocator)
@@ -329,7 +311,11 @@ def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> d
             warning = lock.acquire()
             if warning:
                 print(warning, file=sys.stderr)
-        result = Run(model_config, tc, tokenizer, device, d).train()
+        tc, schedule_note = coherent_schedule(tc)
+        run = Run(model_config, tc, tokenizer, device, d)
+        if schedule_note:
+            run.log(f"note: {schedule_note}")
+        result = run.train()
         clean = True
         return result
     except Exception as err:
@@ -353,9 +339,12 @@ class Progress:
     best_val_loss: float = math.inf
     saved_step: int | None = None  # the step latest.pt holds, if there is one
     good_steps: int = 0  # updates made by this process's run (skipped steps not counted)
+    skipped_steps: int = 0  # steps without an update, over the whole run (resumes included)
     bad_in_a_row: int = 0
     last_loss: float = math.nan
     config_changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    numbered: list[int] = dataclasses.field(default_factory=list)  # steps of the ckpt_STEP.pt
+    # files this run's lineage wrote and keeps (--keep_checkpoints)
 
 
 class Run:
@@ -387,7 +376,8 @@ class Run:
         self.raw_model = GPT(model_config).to(device)
         warning = None
         if d.is_main:
-            warning = check_room(self.out_dir, checkpoint_bytes(self.raw_model.num_params()))
+            warning = check_room(self.out_dir, checkpoint_bytes(self.raw_model.num_params()),
+                                 tc.keep_checkpoints)
         self.log = RunLog(self.out_dir / "train.log" if d.is_main else None)
         if d.is_main and warning:
             self.log(warning)
@@ -434,10 +424,23 @@ class Run:
         p.step, p.tokens_seen = ckpt["step"], ckpt["tokens_seen"]
         p.best_val_loss = self.restored_best(ckpt)
         p.saved_step = ckpt["step"]
+        p.skipped_steps = ckpt.get("skipped_steps", 0)
         p.config_changes = list(ckpt.get("config_changes", [])) + changes
-        self.log(f"resumed from {self.latest_path} at step {p.step}")
-        for change in changes:
-            self.log(f"resume: {change['field']} {change['from']} -> {change['to']}")
+        p.numbered = self.lineage(ckpt)
+        self.log(resume_summary(self.latest_path, ckpt, tc, changes))
+
+    def lineage(self, ckpt: dict[str, Any]) -> list[int]:
+        """The numbered checkpoints of the run being resumed that still exist: after a roll
+        back to an earlier one, the files of the abandoned branch are not among them. (Older
+        checkpoints did not record theirs: those up to the resumed step are taken.)"""
+        steps = ckpt.get("numbered_checkpoints")
+        if steps is None:
+            steps = [int(f.stem[5:]) for f in self.out_dir.glob("ckpt_*.pt")
+                     if f.stem[5:].isdigit() and int(f.stem[5:]) <= ckpt["step"]]
+        return sorted(s for s in steps if self.numbered_path(s).exists())
+
+    def numbered_path(self, step: int) -> Path:
+        return self.out_dir / f"ckpt_{step:07d}.pt"
 
     def restored_best(self, ckpt: dict[str, Any]) -> float:
         """The checkpoint's best validation loss, if it was measured on this run's held-out
@@ -468,7 +471,8 @@ class Run:
                    "tokenizer": self.tokenizer.spec(), "model": model_state, "step": p.step,
                    "tokens_seen": p.tokens_seen, "best_val_loss": p.best_val_loss,
                    "validation": self.validation.identity, "world_size": d.world_size,
-                   "config_changes": p.config_changes}
+                   "config_changes": p.config_changes, "skipped_steps": p.skipped_steps,
+                   "numbered_checkpoints": p.numbered}
         if with_training_state:
             payload.update(optimizer=optimizer_state, scaler=self.scaler.state_dict(),
                            data=data_state, rng=rng_states)
@@ -494,12 +498,15 @@ class Run:
                 if p.saved_step is not None else "no checkpoint was written"
             raise TrainingError(f"the weights are not finite after step {p.step} (training "
                                 f"diverged); {where}; try a lower --learning_rate")
-        self.write(self.latest_path, with_training_state=True)
+        k = self.tc.keep_checkpoints
+        lineage = sorted({*p.numbered, p.step}) if k else []
+        p.numbered, dropped = lineage[-k:], lineage[:-k]  # k = 0: both empty
+        self.write(self.latest_path, with_training_state=True)  # records p.numbered
         p.saved_step = p.step
-        if self.tc.keep_checkpoints and self.d.is_main:  # a copy, then the oldest go
-            copy_atomically(self.latest_path, self.out_dir / f"ckpt_{p.step:07d}.pt")
-            for old in sorted(self.out_dir.glob("ckpt_*.pt"))[:-self.tc.keep_checkpoints]:
-                old.unlink()
+        if k and self.d.is_main:  # a copy, then the lowest steps of this lineage beyond k go
+            copy_atomically(self.latest_path, self.numbered_path(p.step))
+            for step in dropped:
+                self.numbered_path(step).unlink(missing_ok=True)
 
     def save_final(self) -> None:
         """A run never ends without latest.pt of its last step: after a streak of skipped
@@ -574,8 +581,9 @@ class Run:
             bar.close()
             if writer:
                 writer.close()
-        log(f"done: {p.step} steps, {p.tokens_seen:,} tokens, best val loss "
-            f"{p.best_val_loss:.4f}; {self.latest_path} holds step {p.saved_step}")
+        log(f"done: {p.step} steps ({p.skipped_steps} skipped), "
+            f"{p.tokens_seen:,} tokens, best val loss {p.best_val_loss:.4f}; "
+            f"{self.latest_path} holds step {p.saved_step}")
         log.close()
         return {"best_val_loss": p.best_val_loss, "final_loss": p.last_loss, "step": p.step}
 
@@ -604,14 +612,19 @@ class Run:
             p.good_steps, p.bad_in_a_row, p.last_loss = p.good_steps + 1, 0, result.loss
             return result
         p.bad_in_a_row += 1
-        self.log(f"warning: step {p.step}: non-finite loss or gradient (loss {result.loss}, "
-                 f"gradient norm {result.grad_norm}); update skipped")
+        p.skipped_steps += 1
+        if math.isfinite(result.loss) and self.scaler.is_enabled():
+            why = f"fp16 gradient overflow (loss scale now {self.scaler.get_scale():g})"
+        else:
+            why = "non-finite loss or gradient"
+        self.log(f"warning: step {p.step}: {why} (loss {result.loss}, gradient norm "
+                 f"{result.grad_norm}); update skipped")
         if p.bad_in_a_row >= self.tc.max_bad_steps:
             where = f"the last good checkpoint is {self.latest_path} (step {p.saved_step})" \
                 if p.saved_step is not None else "no checkpoint was written"
-            raise TrainingError(f"stopping: {p.bad_in_a_row} non-finite steps in a row at step "
-                                f"{p.step}; {where}; try a lower --learning_rate or --dtype "
-                                "bf16")
+            raise TrainingError(f"stopping: {p.bad_in_a_row} skipped steps in a row at step "
+                                f"{p.step} (non-finite or fp16 overflow); {where}; try a lower "
+                                "--learning_rate or --dtype bf16")
         return result
 
     def profile_step(self, profiler) -> bool:

@@ -51,7 +51,7 @@ def one_run(shards: Path, shape: str, optimizer: str, lr: float, steps: int, bat
 
     run_dir = out / f"{shape}-{optimizer}-{lr:g}"
     fields = {**SHAPES[shape], "data": str(shards), "optimizer": optimizer, "learning_rate": lr,
-              "min_lr": lr / 10, "max_iters": steps, "batch_size": batch,
+              "min_lr": lr / 10, "max_iters": steps, "batch_size": batch, "accumulation_steps": 1,
               "warmup_iters": max(1, steps // 20), "eval_interval": eval_interval,
               "eval_iters": 8, "sample_tokens": 0, "log_interval": eval_interval,
               "save_interval": steps, "out_dir": str(run_dir), "tensorboard": False,

@@ -75,6 +75,7 @@ CASES = [
     ("gpt", [*TINY, "--dtype", "fp8"], "dtype must be one of"),
     ("gpt", [*TINY, "--n_layer", "two"], "--n_layer"),
     ("gpt", [*TINY, "--global_batch_tokens", "1000"], "not a multiple"),
+    ("gpt", [*TINY, "--min_lr", "0.01"], "min_lr (0.01) is above the peak learning_rate (0.008)"),
     ("gpt", [*TINY, "--data", "{root}/missing.txt"], "file not found"),
     ("gpt", [*TINY, "--val_data", "{root}/missing.txt"], "file not found"),
     ("gpt", [*TINY, "--init_from", "{root}/missing.pt"], "checkpoint not found"),

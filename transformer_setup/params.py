@@ -115,7 +115,8 @@ def default_ffn_hidden(n_embd: int, mlp: str) -> int:
 
 @dataclass
 class TrainConfig:
-    """How to train: data, optimisation, evaluation and checkpointing."""
+    """How to train: data, optimisation, evaluation and checkpointing. The defaults complete a
+    preset; they are not a run of their own (models/gpt.py applies 1b when none is named)."""
 
     data: str = "pydocs"  # dataset name, local path or glob, Hub id, or prepared folder
     val_data: str | None = None  # validation text (any --data spec); None: held out of --data
@@ -128,13 +129,16 @@ class TrainConfig:
     max_iters: int = 5000  # optimizer steps
     batch_size: int | None = 16  # sequences per micro-batch (per process); None/auto: the
     # largest that fits the GPU by the memory estimate (and divides the global batch)
-    accumulation_steps: int = 1  # micro-batches per optimizer step
-    global_batch_tokens: int | None = None  # if set: accumulation = this / (batch x block x GPUs)
+    accumulation_steps: int = 1  # micro-batches per optimizer step; given on the command
+    # line, it replaces the preset's global_batch_tokens
+    global_batch_tokens: int | None = None  # tokens per optimizer step, the same at any number
+    # of processes: accumulation = this / (batch x block x processes); every preset sets it
     optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
     learning_rate: float = 6e-4  # peak, reached after warmup
     min_lr: float = 6e-5  # floor of the cosine decay
     warmup_iters: int = 100  # steps of linear warmup to learning_rate
-    lr_decay_iters: int | None = None  # where the cosine reaches min_lr; None: max_iters
+    lr_decay_iters: int | None = None  # the step whose rate is min_lr, ending the cosine
+    # decay; None: max_iters (stored resolved: a run extended with --max_iters keeps it)
     weight_decay: float = 0.1  # on matrices only (embeddings included); norms and biases not
     beta1: float = 0.9  # AdamW's first-moment decay
     beta2: float = 0.95  # AdamW's second-moment decay
@@ -162,7 +166,10 @@ class TrainConfig:
     gpu_memory_gb: float = 80.0  # dry run: size the micro-batch for a GPU with this memory
     gpu_tflops: float = 989.0  # dry run: its dense bf16 peak (H100: 989)
     assumed_mfu: float = 0.4  # dry run: the fraction of that peak a run reaches
-    resume: bool = False  # continue from out_dir/latest.pt
+    resume: bool = False  # continue from out_dir/latest.pt with the checkpoint's configuration;
+    # only flags given on the command line change it
+    allow_schedule_change: bool = False  # on --resume: apply flags that make the learning rate
+    # jump at the resumed step (refused without this)
     init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer)
 
     def __post_init__(self) -> None:
@@ -177,8 +184,10 @@ class TrainConfig:
                  f"batch_size must be positive or auto (got {self.batch_size})")
         _require(self.learning_rate > 0,
                  f"learning_rate must be positive (got {self.learning_rate})")
-        _require(0 <= self.min_lr <= self.learning_rate,
-                 f"min_lr must be in [0, learning_rate] (got {self.min_lr})")
+        _require(self.min_lr >= 0, f"min_lr must be >= 0 (got {self.min_lr})")
+        _require(self.min_lr <= self.learning_rate,
+                 f"min_lr ({self.min_lr:g}) is above the peak learning_rate "
+                 f"({self.learning_rate:g}); the decay would raise the rate")
         _require(self.warmup_iters >= 0, f"warmup_iters must be >= 0 (got {self.warmup_iters})")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
         _require(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})")
@@ -190,6 +199,9 @@ class TrainConfig:
         _require(self.profile >= 0, f"profile must be >= 0 (got {self.profile})")
         _require(self.global_batch_tokens is None or self.global_batch_tokens > 0,
                  f"global_batch_tokens must be positive (got {self.global_batch_tokens})")
+        _require(self.global_batch_tokens is None or self.accumulation_steps == 1,
+                 f"give global_batch_tokens ({self.global_batch_tokens}) or accumulation_steps "
+                 f"({self.accumulation_steps}), not both: one decides the other")
         _require(not (self.fsdp and self.dtype == "fp16"),
                  "fsdp with dtype fp16 is not supported; use bf16 (or fp32)")
         _require_choice("optimizer", self.optimizer, ("adamw", "muon"))
@@ -209,6 +221,9 @@ class TrainConfig:
 
 
 # Presets: field overrides for (ModelConfig, TrainConfig). Command-line values override these.
+# Each fixes its global batch in tokens, so any number of processes trains the same steps; the
+# micro-batch (auto: the largest that fits and divides a process's share) and the accumulation
+# adapt. `python models/gpt.py` with no preset named is the 1b preset.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A character-level model that learns visible structure in a few minutes on 2 CPU cores.
     # Muon: AdamW's final loss in 0.60x its tokens at this shape, each at its best rate
@@ -217,20 +232,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": dict(block_size=128, n_layer=4, n_head=4, n_embd=128, vocab_multiple=64),
         "train": dict(tokenizer="bytes", data="pydocs", data_workers=1, out_dir="out/tiny",
-                      max_iters=600, optimizer="muon",
-                      batch_size=32, learning_rate=8e-3, min_lr=8e-4, warmup_iters=30,
+                      max_iters=600, optimizer="muon", batch_size=None,
+                      global_batch_tokens=32 * 128, learning_rate=8e-3, min_lr=8e-4,
+                      warmup_iters=30,
                       weight_decay=0.1, eval_interval=100, eval_iters=10, save_interval=200,
                       log_interval=20, dtype="fp32"),
     },
-    # GPT-2 small (124M): learned positions, LayerNorm, GELU, biases, tied embeddings.
+    # GPT-2 small (124M): learned positions, LayerNorm, GELU, biases, tied embeddings; about
+    # 0.5M tokens per step (2**19 = 524,288: 16 x 32 x 1024 on one process, as it was).
     "gpt2": {
         "model": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                       mlp="gelu", norm="layernorm", pos_emb="learned", bias=True,
                       tie_embeddings=True),
-        "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="out/gpt2", batch_size=16,
-                      accumulation_steps=32,
-                      learning_rate=6e-4, min_lr=6e-5, warmup_iters=700, max_iters=19000,
-                      eval_interval=1000),
+        "train": dict(tokenizer="gpt2", data="fineweb-edu", out_dir="out/gpt2", batch_size=None,
+                      global_batch_tokens=2**19, learning_rate=6e-4, min_lr=6e-5,
+                      warmup_iters=700, max_iters=19000, eval_interval=1000),
     },
     # The flagship (~1.06B with the GPT-2 vocabulary): Llama-style SwiGLU/RoPE/RMSNorm. The
     # seed's global batch, 72 x 4 x 1024 = 294,912 tokens per step, is kept; the micro-batch is
@@ -251,22 +267,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def build_configs(preset: str | None = None,
                   overrides: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
     """Start from defaults, apply a preset, then overrides (keys of either config)."""
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    model_kwargs: dict[str, Any] = {}
-    train_kwargs: dict[str, Any] = {}
     if preset is not None:
         _require(preset in PRESETS,
                  f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        model_kwargs.update(PRESETS[preset]["model"])
-        train_kwargs.update(PRESETS[preset]["train"])
-    for key, value in (overrides or {}).items():
-        if key in model_fields:
-            model_kwargs[key] = value
-        elif key in train_fields:
-            train_kwargs[key] = value
-        else:
-            raise ConfigError(f"unknown config field {key!r}")
+    base = PRESETS[preset] if preset is not None else {"model": {}, "train": {}}
+    return apply_overrides(base["model"], base["train"], overrides or {})
+
+
+def apply_overrides(model_base: dict[str, Any], train_base: dict[str, Any],
+                    overrides: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Configs from base values (a preset's, or a checkpoint's) and overrides. An
+    accumulation_steps given without global_batch_tokens replaces the base's global batch in
+    tokens: the user chose how the batch is made."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [key for key in overrides if key not in model_fields | train_fields]
+    if unknown:
+        raise ConfigError(f"unknown config field {unknown[0]!r}")
+    model_kwargs = {**model_base, **{k: v for k, v in overrides.items() if k in model_fields}}
+    train_kwargs = {**train_base, **{k: v for k, v in overrides.items() if k in train_fields}}
+    if "accumulation_steps" in overrides and "global_batch_tokens" not in overrides:
+        train_kwargs["global_batch_tokens"] = None
     return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
 
 
@@ -277,4 +298,4 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 
 __all__ = ["ConfigError", "ModelConfig", "TrainConfig", "PRESETS", "RUNTIME_FIELDS",
-           "build_configs", "config_from_dict", "default_ffn_hidden"]
+           "apply_overrides", "build_configs", "config_from_dict", "default_ffn_hidden"]

@@ -230,8 +230,9 @@ def _chunk_loss_sum(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 
 
 def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          vocab_size: int, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
-    """Mean cross-entropy of the head's logits x @ weight.T against targets (-1: ignored),
+                          vocab_size: int, chunk_tokens: int = LOSS_CHUNK_TOKENS,
+                          reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (mean, or sum) of the head's logits x @ weight.T against targets (-1: ignored),
     without ever holding the logits of all tokens: each chunk's fp32 logits exist only inside a
     checkpointed function and are recomputed in backward. At 72 x 1024 tokens and a 50k
     vocabulary, that is one chunk's ~1.6 GB instead of ~15 GB, for one extra head matmul."""
@@ -240,7 +241,7 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     for xs, ts in zip(x.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
         total = total + checkpoint(_chunk_loss_sum, xs, weight, ts, vocab_size,
                                    use_reentrant=False)
-    return total / (targets != -1).sum().clamp(min=1)
+    return total if reduction == "sum" else total / (targets != -1).sum().clamp(min=1)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -300,11 +301,12 @@ class GPT(nn.Module):
                     head.weight[self.config.vocab_size:] = 0.0
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                start: int = 0) -> torch.Tensor:
+                start: int = 0, reduction: str = "mean") -> torch.Tensor:
         """idx: (B, T) token ids at positions start..start+T.
 
-        Returns logits (B, T, vocab_size), or with targets the mean cross-entropy over the
-        targets that are not -1.
+        Returns logits (B, T, vocab_size), or with targets the cross-entropy over the targets
+        that are not -1: their mean, or with reduction="sum" their sum (the trainer divides the
+        sums of all micro-batches by their count of targets, so ignored ones weigh nothing).
         """
         T = idx.shape[1]
         if start + T > self.config.block_size:
@@ -330,12 +332,13 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         if targets is not None and targets.numel() > LOSS_CHUNK_TOKENS:
-            return chunked_cross_entropy(x, head, targets, self.config.vocab_size)
+            return chunked_cross_entropy(x, head, targets, self.config.vocab_size,
+                                         reduction=reduction)
         logits = F.linear(x, head)[..., :self.config.vocab_size]  # padding ids: never predicted
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=-1)
+                               ignore_index=-1, reduction=reduction)
 
     # --------------------------------------------------------------------- generation support
 

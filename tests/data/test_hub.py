@@ -149,6 +149,7 @@ def test_unknown_configuration_and_unreadable_units_are_one_line(hub, monkeypatc
 def test_training_streams_from_the_hub(hub, tmp_path):
     result = run_script("models/gpt.py", "--preset", "tiny", "--data", "fineweb-edu",
                         "--data_config", "tiny", "--max_iters", "3", "--batch_size", "4",
+                        "--accumulation_steps", "1",
                         "--block_size", "32", "--eval_iters", "1", "--sample_tokens", "0",
                         "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -364,7 +364,8 @@ def test_training_reads_prepared_shards(tmp_path):
     assert "train:" in result.stdout and "val:" in result.stdout
     result = run_script("models/gpt.py", "--preset", "tiny", "--data", str(tmp_path / "shards"),
                         "--max_iters", "2", "--val_tokens", "512", "--batch_size", "2",
-                        "--sample_tokens", "0", "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
+                        "--accumulation_steps", "1", "--sample_tokens", "0", "--out_dir",
+                        str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "prepared shards" in result.stdout
     wrong = run_script("models/gpt.py", "--preset", "tiny", "--data", str(tmp_path / "shards"),

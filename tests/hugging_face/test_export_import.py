@@ -40,8 +40,9 @@ def checkpoints(tmp_path_factory):
     paths = {}
     for family, extra in (("llama", {"n_kv_head": 2}), ("gpt2", GPT2_LAYOUT)):
         model_config, train_config = build_configs("tiny", dict(
-            max_iters=6, batch_size=4, eval_iters=1, eval_interval=3, sample_tokens=0,
-            data_workers=0, tensorboard=False, out_dir=str(root / family), **extra))
+            max_iters=6, batch_size=4, accumulation_steps=1, eval_iters=1, eval_interval=3,
+            sample_tokens=0, data_workers=0, tensorboard=False, out_dir=str(root / family),
+            **extra))
         train(dataclasses.replace(model_config, vocab_size=257), train_config, byte_tokenizer())
         paths[family] = root / family / "latest.pt"
     return paths
@@ -125,8 +126,9 @@ def test_import_of_a_random_transformers_model_matches_its_logits(reference, tmp
 def test_an_imported_checkpoint_continues_pretraining(checkpoints, exported, tmp_path):
     convert_from_hf.main(["--model", str(exported["gpt2"]), "--output",
                           str(tmp_path / "start.pt")])
-    result = run_script("models/gpt.py", "--init_from", str(tmp_path / "start.pt"), "--data",
-                        "pydocs", "--max_iters", "2", "--batch_size", "2", "--eval_iters", "1",
+    result = run_script("models/gpt.py", "--preset", "tiny", "--init_from",
+                        str(tmp_path / "start.pt"), "--max_iters", "2", "--batch_size", "2",
+                        "--accumulation_steps", "1", "--eval_iters", "1",
                         "--sample_tokens", "0", "--data_workers", "0", "--n_layer", "4",
                         "--out_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -88,13 +88,15 @@ def test_bad_files_are_clear_errors(tmp_path):
 
 def test_learning_rate_schedule():
     config = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
-    assert learning_rate_at(0, config) == pytest.approx(0.1)
-    assert learning_rate_at(9, config) == pytest.approx(1.0)
-    assert learning_rate_at(60, config) == pytest.approx(0.55)  # half way down the cosine
-    assert learning_rate_at(110, config) == pytest.approx(0.1)
+    rates = [learning_rate_at(s, config) for s in range(110)]
+    assert rates[0] == pytest.approx(0.1)
+    assert rates.count(1.0) == 1 and rates[9] == 1.0  # the peak, once: the last warmup step
+    assert rates[59] == pytest.approx(0.55)  # half way down the cosine
+    assert rates[109] == 0.1  # the last step of the decay (of the run) is at min_lr
     assert learning_rate_at(500, config) == pytest.approx(0.1)
-    rates = [learning_rate_at(s, config) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert all(a > b for a, b in zip(rates[9:], rates[10:], strict=False))
+    no_warmup = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=0, max_iters=3)
+    assert [learning_rate_at(s, no_warmup) for s in range(3)] == pytest.approx([1.0, 0.55, 0.1])
 
 
 def test_weight_decay_on_matrices_only():

@@ -40,6 +40,60 @@ def test_dry_run_of_the_flagship(tmp_path):
                      result.stdout)
 
 
+def test_a_bare_dry_run_is_the_flagship(tmp_path):
+    result = run_script("models/gpt.py", "--dry_run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "parameters: 1,060,578,816" in result.stdout
+    assert "tokens per optimizer step: 294,912" in result.stdout
+
+
+def seed_env(tmp_path, gpt2_tiktoken_file) -> dict[str, str]:
+    """A user's environment with GPT-2's BPE file at hand and no way to reach the Hub, so that
+    reading any FineWeb-Edu data would fail with another message."""
+    return {**os.environ, "GPT2_TIKTOKEN_FILE": str(gpt2_tiktoken_file),
+            "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the flagship")
+def test_a_bare_run_on_a_cpu_stops_before_reading_data(tmp_path, gpt2_tiktoken_file):
+    result = run_script("models/gpt.py", cwd=tmp_path, env=seed_env(tmp_path, gpt2_tiktoken_file))
+    assert_one_line_error(result, "per optimizer step on this cpu", "--preset tiny",
+                          "--device cpu")
+    seconds = float(re.search(r"about ([\d,.]+) s", result.stderr).group(1).replace(",", ""))
+    assert seconds > 600  # 6.35 GFLOP x 294,912 tokens: hours on a CPU
+    assert list(tmp_path.iterdir()) == []  # no checkpoints_1B/, nothing read or written
+
+
+def test_the_seeds_commands_from_models_write_checkpoints_1B_there(tmp_path, gpt2_tiktoken_file):
+    """`cd models; nohup python3 -u gpt.py > train.log 2>&1`, shrunk by flags to one CPU step on
+    a local file, then `python3 inference.py checkpoints_1B/best_model.pt` from that folder."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (tmp_path / "corpus.txt").write_text("".join(
+        f"Line {i} of a small corpus about plants, light and water.\n" for i in range(3000)))
+    env = seed_env(tmp_path, gpt2_tiktoken_file)
+    small = ["--device", "cpu", "--max_iters", "1", "--data", "../corpus.txt", "--data_workers",
+             "0", "--n_layer", "1", "--n_embd", "64", "--n_head", "2", "--block_size", "32",
+             "--global_batch_tokens", "64", "--eval_iters", "1", "--sample_tokens", "0",
+             "--log_interval", "1"]
+    with open(models_dir / "train.log", "w") as log:
+        result = subprocess.run([sys.executable, "-u", str(REPO / "models/gpt.py"), *small],
+                                cwd=models_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=300)
+    text = (models_dir / "train.log").read_text()
+    assert result.returncode == 0, text
+    assert "\r" not in text  # plain lines, no progress bar
+    assert re.search(r"^step 1/1 \| loss [\d.]+ \| lr", text, re.M)
+    ckpt = torch.load(models_dir / "checkpoints_1B" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["tokenizer"]["name"] == "gpt2"
+    assert ckpt["train_config"]["global_batch_tokens"] == 64  # the 1b preset, shrunk by flags
+    assert ckpt["train_config"]["data_config"] is None and ckpt["model_config"]["n_layer"] == 1
+    sample = run_script("models/inference.py", "checkpoints_1B/best_model.pt", "--prompt",
+                        "Light and", "--max_new_tokens", "4", cwd=models_dir, env=env)
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.strip()  # four tokens of (untrained) text
+
+
 def test_largest_micro_batch_is_the_last_that_fits():
     from models.estimate import largest_micro_batch, training_memory
     from transformer_setup.params import build_configs
@@ -67,7 +121,9 @@ def test_quickstart_trains_and_writes_checkpoints(quickstart):
     out_dir, result = quickstart
     losses = logged_losses(result.stdout)
     assert len(losses) == 4
-    assert losses[-1] < losses[0] - 1.0, losses  # from ~ln(257)=5.5 to well under 4
+    # Step 10's loss is already low: 40 steps shorten the preset's warmup of 30 to 20 (a warmup
+    # longer than the decay after it), so the rate is at its peak sooner.
+    assert losses[-1] < losses[0] - 0.5 and losses[-1] < 3.0, losses  # ln(257)=5.5 at first
     val = [float(v) for v in re.findall(r"^step \d+: val loss ([\d.]+)", result.stdout, re.M)]
     assert len(val) == 3 and val[2] < val[1] < val[0]
     assert val[0] == pytest.approx(5.55, abs=0.1)  # step 0: about ln(257), uniform over the ids

@@ -112,12 +112,14 @@ def test_resume_logs_and_applies_changes_and_refuses_a_new_seed(tmp_path):
     model_config, train_config = small_run(tmp_path, max_iters=2)
     train(model_config, train_config, byte_tokenizer())
     _, changed = small_run(tmp_path, max_iters=4, resume=True, learning_rate=0.01,
-                           weight_decay=0.0, eval_interval=2)
+                           weight_decay=0.0, eval_interval=2, allow_schedule_change=True)
     train(model_config, changed, byte_tokenizer())
     log = (tmp_path / "train.log").read_text()
     peak = train_config.learning_rate
-    assert f"resume: learning_rate {peak} -> 0.01" in log
-    assert "resume: weight_decay 0.1 -> 0.0" in log
+    block = log[log.index("resumed from"):log.index("\nmodel:", log.index("resumed from"))]
+    assert f"  learning_rate: {peak} -> 0.01\n" in block  # one block lists every change
+    assert "  weight_decay: 0.1 -> 0.0\n" in block
+    assert "(--allow_schedule_change)" in block
     ckpt = torch.load(tmp_path / "latest.pt", weights_only=True)
     history = {(c["field"], c["from"], c["to"], c["step"]) for c in ckpt["config_changes"]}
     assert ("learning_rate", peak, 0.01, 2) in history
@@ -133,7 +135,8 @@ def test_a_dying_torchrun_peer_is_one_line_on_the_survivor(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                              "2", str(REPO / "models/gpt.py"), "--preset", "tiny",
-                             "--block_size", "32", "--batch_size", "2", "--max_iters", "100000",
+                             "--block_size", "32", "--batch_size", "2", "--accumulation_steps",
+                             "1", "--max_iters", "100000",
                              "--data_workers", "0", "--sample_tokens", "0", "--out_dir",
                              str(out)], cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -24,8 +24,10 @@ from tokenization.tokenizer import byte_tokenizer, write_tiktoken_file
 from transformer_setup.params import ModelConfig, TrainConfig, build_configs
 from transformer_setup.transformer import GPT
 
+# One micro-batch per step unless a test says otherwise (the preset's global batch of 4,096
+# tokens would take 32 micro-batches of 4 x 32).
 TINY_RUN = ["--preset", "tiny", "--block_size", "32", "--eval_iters", "2", "--log_interval", "1",
-            "--sample_tokens", "0"]
+            "--sample_tokens", "0", "--accumulation_steps", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +145,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
 
 
 def small_run(tmp_path, **overrides) -> tuple[ModelConfig, TrainConfig]:
-    fields = dict(block_size=32, data_workers=0, batch_size=4, max_iters=4, eval_iters=1,
-                  sample_tokens=0, log_interval=1, out_dir=str(tmp_path), tensorboard=False)
+    fields = dict(block_size=32, data_workers=0, batch_size=4, accumulation_steps=1, max_iters=4,
+                  eval_iters=1, sample_tokens=0, log_interval=1, out_dir=str(tmp_path),
+                  tensorboard=False)
     fields.update(overrides)
     model_config, train_config = build_configs("tiny", fields)
     return dataclasses.replace(model_config, vocab_size=257), train_config
@@ -164,8 +167,8 @@ def poison(monkeypatch, bad_calls: set[int] | None):
     """Make GPT.forward return NaN on the given calls (all calls from the first if None)."""
     real_forward, calls = GPT.forward, [0]
 
-    def forward(self, idx, targets=None, start=0):
-        out = real_forward(self, idx, targets, start)
+    def forward(self, idx, targets=None, start=0, **kwargs):
+        out = real_forward(self, idx, targets, start, **kwargs)
         if targets is None or not self.training:  # evaluation and sampling are not counted
             return out
         calls[0] += 1
@@ -196,7 +199,7 @@ def test_many_nan_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path,
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "optimizer_step", failing_from_step_5)
-    with pytest.raises(TrainingError, match="3 non-finite steps in a row at step 7"):
+    with pytest.raises(TrainingError, match="3 skipped steps in a row at step 7"):
         train(model_config, train_config, byte_tokenizer())
     ckpt = torch.load(tmp_path / "latest.pt", weights_only=True)
     assert ckpt["step"] == 4
@@ -252,7 +255,8 @@ def test_resume_refuses_a_different_model_or_a_weights_only_checkpoint(tmp_path)
     write_tiktoken_file({bytes([255 - i]): i for i in range(256)}, reversed_bytes)
     other_tok = run_script("models/gpt.py", *base, "--tokenizer", str(reversed_bytes),
                            "--resume", cwd=tmp_path)
-    assert_one_line_error(other_tok, "trained with tokenizer 'bytes', not 'reversed'")
+    assert_one_line_error(other_tok, "trained with tokenizer 'bytes'", "is 'reversed'",
+                          "encodes text differently")
     (tmp_path / "latest.pt").write_bytes((tmp_path / "best_model.pt").read_bytes())
     weights_only = run_script("models/gpt.py", *base, "--max_iters", "3", "--resume",
                               cwd=tmp_path)

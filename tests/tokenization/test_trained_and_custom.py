@@ -107,7 +107,8 @@ def test_custom_bpe_training_is_the_textbook_algorithm():
 def test_a_trained_tokenizer_drives_training_and_inference(trained, tmp_path):
     result = run_script("models/gpt.py", "--preset", "tiny", "--tokenizer", str(trained),
                         "--max_iters",
-                        "2", "--eval_iters", "1", "--batch_size", "2", "--out_dir",
+                        "2", "--eval_iters", "1", "--batch_size", "2", "--accumulation_steps", "1",
+                        "--out_dir",
                         str(tmp_path / "run"), "--sample_tokens", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ckpt = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)

@@ -86,6 +86,33 @@ def test_the_1b_preset_keeps_the_seeds_global_batch_at_any_micro_batch():
     assert auto_micro_batch(config, recipe.global_batch_tokens, 1, torch.bfloat16, 80e9) == 18
 
 
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_trains_the_same_tokens_per_step_on_1_and_8_processes(preset):
+    """The global batch is fixed in tokens: the micro-batch (auto, or the preset's) and the
+    accumulation adapt to the number of processes, as the trainer picks them."""
+    import torch
+
+    from models.estimate import auto_micro_batch
+    from models.trainer import resolve_accumulation
+
+    config, recipe = build_configs(preset)
+    tokens = []
+    for world in (1, 8):
+        micro = recipe.batch_size or auto_micro_batch(config, recipe.global_batch_tokens, world,
+                                                      torch.bfloat16, 80e9)
+        tc = dataclasses.replace(recipe, batch_size=micro)
+        tokens.append(micro * resolve_accumulation(tc, config.block_size, world) * world *
+                      config.block_size)
+    assert tokens[0] == tokens[1] == recipe.global_batch_tokens
+
+
+def test_an_explicit_accumulation_replaces_the_presets_global_batch():
+    _, tc = build_configs("gpt2", {"accumulation_steps": 4, "batch_size": 8})
+    assert (tc.global_batch_tokens, tc.accumulation_steps) == (None, 4)
+    with pytest.raises(ConfigError, match="not both"):
+        build_configs("gpt2", {"accumulation_steps": 4, "global_batch_tokens": 2**19})
+
+
 def test_unknown_preset_and_field_are_config_errors():
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         build_configs("huge")
