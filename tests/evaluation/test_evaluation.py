@@ -104,24 +104,23 @@ def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_pa
     assert folder["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
 
 
-def perplexity_json(checkpoint, *args: str, cwd) -> dict:
-    result = run_script("evaluation/eval_perplexity.py", str(checkpoint), "--json", *args,
-                        cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def perplexity_json(capsys, checkpoint, *args: str) -> dict:
+    eval_perplexity.main([str(checkpoint), "--json", "--stride", "128", *args])
+    return json.loads(capsys.readouterr().out)
 
 
-def test_perplexity_names_the_text_it_scored_and_raw_keeps_every_byte(quickstart, tmp_path):
+def test_perplexity_names_the_text_it_scored_and_raw_keeps_every_byte(quickstart, tmp_path,
+                                                                      capsys):
     out_dir, _ = quickstart
-    text = (WIKITEXT_TEST.read_text(encoding="utf-8")[:6000] if WIKITEXT_TEST.exists() else
-            " = Title = \n The state @-@ of @-@ the @-@ art , 1 @,@ 000 ( here ) . \n" * 60)
+    text = (WIKITEXT_TEST.read_text(encoding="utf-8")[:2500] if WIKITEXT_TEST.exists() else
+            " = Title = \n The state @-@ of @-@ the @-@ art , 1 @,@ 000 ( here ) . \n" * 30)
     raw_bytes = (text + " trailing \r\n\r\n\n\n\nend  ").encode("utf-8")
     path = tmp_path / "wiki.txt"
     path.write_bytes(raw_bytes)
     checkpoint = out_dir / "best_model.pt"  # the bytes tokenizer: one token per byte
-    cleaned = perplexity_json(checkpoint, "--data", str(path), cwd=tmp_path)
-    raw = perplexity_json(checkpoint, "--data", str(path), "--raw", cwd=tmp_path)
-    detokenized = perplexity_json(checkpoint, "--data", str(path), "--detokenize", cwd=tmp_path)
+    cleaned = perplexity_json(capsys, checkpoint, "--data", str(path))
+    raw = perplexity_json(capsys, checkpoint, "--data", str(path), "--raw")
+    detokenized = perplexity_json(capsys, checkpoint, "--data", str(path), "--detokenize")
     assert (cleaned["text"], raw["text"], detokenized["text"]) == (
         "cleaned", "raw", "raw+wikitext-detokenized")
     assert raw["bytes"] == raw["tokens"] == len(raw_bytes)  # \r\n and spaces as they are
@@ -129,12 +128,12 @@ def test_perplexity_names_the_text_it_scored_and_raw_keeps_every_byte(quickstart
     assert detokenized["bytes"] == len(wikitext_detokenize(raw_bytes.decode()).encode())
 
 
-def test_raw_rows_of_a_jsonl_file_are_not_cleaned(quickstart, tmp_path):
+def test_raw_rows_of_a_jsonl_file_are_not_cleaned(quickstart, tmp_path, capsys):
     out_dir, _ = quickstart
     rows = [{"text": "A row with  double spaces @-@ and a tail   \n\n\n"}, {"text": ""},
             {"text": "Caf\u00e9, \u00fcber: two more rows of text, as they are.  "}]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    raw = perplexity_json(out_dir / "best_model.pt", "--data", path, "--raw", cwd=tmp_path)
+    raw = perplexity_json(capsys, out_dir / "best_model.pt", "--data", path, "--raw")
     assert raw["bytes"] == sum(len(r["text"].encode()) for r in rows)
 
 
