@@ -5,8 +5,10 @@
 
 The folder holds config.json and safetensors weights for the stock class of the model's family
 (LlamaForCausalLM for RoPE/RMSNorm/SwiGLU, GPT2LMHeadModel for the GPT-2 layout), sharded when
-large; generation_config.json; the tokenizer (AutoTokenizer gives our ids; <|endoftext|> is bos
-and eos); and a model card README.md with the Hub's metadata and the facts of the training run.
+large; generation_config.json; the tokenizer (AutoTokenizer gives our ids; <|endoftext|> is bos,
+eos and pad); and a model card README.md with the Hub's metadata and the facts of the training
+run. transformers 4.x (from 4.46) loads it as 5.x does. --overwrite replaces an earlier export in
+the folder and refuses a folder holding anything else (a run's checkpoints, say).
 """
 
 from __future__ import annotations
@@ -65,24 +67,26 @@ def imported_from(ckpt: dict[str, Any]) -> str | None:
     return ckpt.get("imported_from") or (train["data"] if set(train) == {"data"} else None)
 
 
-def model_card(ckpt: dict[str, Any], config: ModelConfig, family: str, n_params: int,
-               license_id: str, n_tokens: int) -> str:
-    """README.md: YAML front matter for the Hub, then what the model is and how it was trained."""
+def card_front_matter(ckpt: dict[str, Any], family: str, license_id: str) -> list[str]:
+    """The Hub's YAML metadata: license, tags, the training data or the model imported."""
     source = imported_from(ckpt)
     data = "" if source else (ckpt.get("train_config") or {}).get("data", "")
     datasets = [HUB_DATASETS[data]] if data in HUB_DATASETS else \
         [data] if data.count("/") == 1 and not Path(data).exists() else []
-    base_model = source if source and source.count("/") == 1 and not Path(source).exists() \
-        else None
-    val_loss = ckpt.get("best_val_loss")
     front = ["---", f"license: {license_id}", "language:", "- en", "library_name: transformers",
              "pipeline_tag: text-generation", "tags:", "- text-generation", "- causal-lm",
              f"- {family}", "- gpt-pretrain"]
     if datasets:
         front += ["datasets:"] + [f"- {d}" for d in datasets]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front.append("---")
+    if source and source.count("/") == 1 and not Path(source).exists():  # a Hub id
+        front.append(f"base_model: {source}")
+    return front + ["---"]
+
+
+def card_facts(ckpt: dict[str, Any], config: ModelConfig, n_params: int,
+               n_tokens: int) -> list[str]:
+    """The table rows: shape, tokenizer, and how the model was trained or where it came from."""
+    source = imported_from(ckpt)
     vocab = f"{n_tokens:,} ids" if n_tokens == config.vocab_size else \
         f"{n_tokens:,} ids; the model has {config.vocab_size:,} rows, the rest never produced"
     facts = [f"| parameters | {n_params:,} |",
@@ -93,14 +97,25 @@ def model_card(ckpt: dict[str, Any], config: ModelConfig, family: str, n_params:
     if source:
         facts.append(f"| imported from | {source} |")
     else:
+        data = (ckpt.get("train_config") or {}).get("data", "")
         facts += [f"| training data | {data or 'unknown'} |",
                   f"| optimizer steps | {ckpt.get('step', 0):,} |",
                   f"| tokens seen | {ckpt.get('tokens_seen', 0):,} |"]
+    val_loss = ckpt.get("best_val_loss")
     if val_loss is not None and math.isfinite(val_loss):
         facts += [f"| best validation loss | {val_loss:.4f} nats/token |",
                   f"| validation perplexity | {math.exp(val_loss):.2f} |"]
+    return facts
+
+
+def model_card(ckpt: dict[str, Any], config: ModelConfig, family: str, n_params: int,
+               license_id: str, n_tokens: int) -> str:
+    """README.md: YAML front matter for the Hub, then what the model is and how it was trained."""
+    front = card_front_matter(ckpt, family, license_id)
+    facts = card_facts(ckpt, config, n_params, n_tokens)
+    source = imported_from(ckpt)
     cls = "LlamaForCausalLM" if family == "llama" else "GPT2LMHeadModel"
-    name = cls.replace('ForCausalLM', '').replace('LMHeadModel', '')
+    name = cls.replace("ForCausalLM", "").replace("LMHeadModel", "")
     title, origin = (f"{name} model imported from {source}",
                      f"A decoder-only language model imported from `{source}` into gpt-pretrain")\
         if source else (f"{name} model pretrained from scratch",
