@@ -143,7 +143,8 @@ def judge(log_likelihoods: Sequence[float], example: Example) -> Scored:
 def score_examples(model: GPT, tokenizer: Tokenizer, examples: Sequence[Example],
                    batch_size: int = 8, ctx=None, progress: bool = False) -> list[Scored]:
     """Each example's choice log-likelihoods, acc and acc_norm: batch_size examples (all their
-    choices) per forward pass. Sum acc and acc_norm over examples (and ranks) for the accuracy."""
+    choices) per forward pass. Sum acc and acc_norm over examples (and ranks) for the accuracy.
+    `model` is our GPT itself, in eval mode (not a DDP or compiled wrapper)."""
     import torch
 
     scored: list[Scored] = []
