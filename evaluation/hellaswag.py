@@ -1,11 +1,22 @@
-"""HellaSwag: pick the most likely of four endings for each context (Zellers et al., 2019).
+"""HellaSwag: pick the most likely of four endings for each context (Zellers et al., 2019), scored
+exactly as lm-evaluation-harness 0.4 scores its `hellaswag` task, so that figures stand beside
+published ones.
 
     python evaluation/hellaswag.py out/gpt2/best_model.pt                   # validation, online
     python evaluation/hellaswag.py out/hf-tiny --data hellaswag_val.jsonl --limit 500
 
-Each ending is scored by the sum of its tokens' log-probabilities after the context. `acc` takes
-the highest sum; `acc_norm` divides each sum by the ending's length in characters first, as
-lm-evaluation-harness does, so that long endings are not penalised for being long. Random
+As the harness does (lm_eval/tasks/hellaswag/utils.py, lm_eval/api/task.py, lm_eval/api/model.py):
+- the query is `preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())` and each
+  choice `preprocess(ending)`, where preprocess strips, turns " [title]" into ". ", drops
+  bracketed WikiHow tags and halves double spaces;
+- each choice is scored as the continuation `" " + choice` of the query: the sum of its tokens'
+  log-probabilities, its tokens being those of `query + continuation` past the query's own (with
+  trailing spaces of the query moved to the continuation), with no <|endoftext|> before the query
+  (the harness adds none to a non-empty context), truncated on the left to the model's context;
+- `acc` takes the highest sum, `acc_norm` the highest sum divided by the choice's length in
+  characters (without the space); ties go to the first choice.
+
+`load_examples` and `score_examples` are also what training's in-loop HellaSwag calls. Random
 guessing scores 0.25.
 """
 
@@ -13,7 +24,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,17 +40,52 @@ if TYPE_CHECKING:
 # torch is imported where it is used: --help answers at once.
 
 HUB_ID = "Rowan/hellaswag"
+FIELDS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
+
+
+@dataclass(frozen=True)
+class Example:
+    query: str
+    choices: tuple[str, ...]  # scored as " " + choice
+    label: int
+
+
+@dataclass(frozen=True)
+class Scored:
+    log_likelihoods: tuple[float, ...]  # of each choice, given the query
+    acc: int  # 1 when the highest log-likelihood is the label's
+    acc_norm: int  # 1 when the highest log-likelihood per character is the label's
 
 
 def preprocess(text: str) -> str:
-    """HellaSwag's WikiHow artifacts out: " [title]" becomes ". ", bracketed tags go."""
-    text = text.strip().replace(" [title]", ". ")
+    """The harness's clean-up of HellaSwag's WikiHow artifacts."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
     return text.replace("  ", " ")
 
 
-def examples(data: str) -> Iterator[dict]:
-    """Rows in HellaSwag's format (ctx or ctx_a/ctx_b, endings, label), from jsonl or the Hub."""
+def to_example(row: dict) -> Example:
+    """A row in HellaSwag's format, as the harness's process_docs builds its document."""
+    missing = [name for name in FIELDS if name not in row]
+    if missing:
+        raise UserError(f"a row is not in HellaSwag's format (missing {', '.join(missing)}; "
+                        f"it needs {', '.join(FIELDS)})")
+    try:
+        label = int(row["label"])
+        context = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+        choices = tuple(preprocess(ending) for ending in row["endings"])
+        query = preprocess(row["activity_label"] + ": " + context)
+    except (TypeError, ValueError, AttributeError):
+        raise UserError(f"a row is not in HellaSwag's format (label {row['label']!r}, "
+                        "text fields must be strings, endings a list)") from None
+    if not 0 <= label < len(choices):
+        raise UserError(f"a row's label {label} is not one of its {len(choices)} endings")
+    return Example(query, choices, label)
+
+
+def read_rows(data: str) -> Iterator[dict]:
+    """Rows from a jsonl file, or from the Hub's validation split."""
     path = Path(data)
     if path.suffix in (".jsonl", ".json") or path.exists():
         if not path.is_file():
@@ -56,72 +103,113 @@ def examples(data: str) -> Iterator[dict]:
     yield from hub_source(HUB_ID if data == "hellaswag" else data, text_field=None).rows("val")
 
 
-def split_example(row: dict) -> tuple[str, list[str], int]:
-    try:
-        context = row["ctx"] if "ctx" in row else f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
-        endings, label = row["endings"], int(row["label"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"a row is not in HellaSwag's format (missing {err})") from None
-    return preprocess(context), [" " + preprocess(e) for e in endings], label
+def load_examples(data: str = "hellaswag", limit: int | None = None) -> list[Example]:
+    """The first `limit` examples (all without it), always the same ones in the same order."""
+    examples = []
+    for row in read_rows(data):
+        if limit is not None and len(examples) >= limit:
+            break
+        examples.append(to_example(row))
+    if not examples:
+        raise UserError(f"{data} holds no examples")
+    return examples
 
 
-def ending_scores(model: GPT, tokenizer: Tokenizer, context: str, endings: list[str]
-                  ) -> list[float]:
-    """Sum of log-probabilities of each ending's tokens, given <|endoftext|> and the context."""
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str
+                ) -> tuple[list[int], list[int]]:
+    """Context and continuation tokens as the harness splits them: trailing spaces of the
+    context join the continuation, and the continuation's tokens are those of the whole text
+    past the context's, so that a merge across the boundary is tokenized as in running text."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context)
+    return context_ids, whole[len(context_ids):]
+
+
+def pick(values: Sequence[float]) -> int:
+    """The index of the largest value, the first of equals (numpy's argmax)."""
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def judge(log_likelihoods: Sequence[float], example: Example) -> Scored:
+    normalised = [ll / len(choice) for ll, choice in zip(log_likelihoods, example.choices,
+                                                          strict=True)]
+    return Scored(tuple(log_likelihoods), int(pick(log_likelihoods) == example.label),
+                  int(pick(normalised) == example.label))
+
+
+def score_examples(model: GPT, tokenizer: Tokenizer, examples: Sequence[Example],
+                   batch_size: int = 8, ctx=None, progress: bool = False) -> list[Scored]:
+    """Each example's choice log-likelihoods, acc and acc_norm: batch_size examples (all their
+    choices) per forward pass. Sum acc and acc_norm over examples (and ranks) for the accuracy.
+    `model` is our GPT itself, in eval mode (not a DDP or compiled wrapper)."""
+    import torch
+
+    scored: list[Scored] = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(examples), batch_size), desc="hellaswag", unit="batch",
+                          disable=None if progress else True):
+            batch = examples[start:start + batch_size]
+            pairs = [encode_pair(tokenizer, e.query, " " + c) for e in batch for c in e.choices]
+            sums = iter(_continuation_log_likelihoods(model, pairs, ctx))
+            scored += [judge([next(sums) for _ in e.choices], e) for e in batch]
+    return scored
+
+
+def _continuation_log_likelihoods(model: GPT, pairs: list[tuple[list[int], list[int]]],
+                                  ctx) -> list[float]:
+    """Sum of log-probabilities of each continuation's tokens after its context."""
     import torch
     import torch.nn.functional as F
 
-    with torch.no_grad():
-        device = model.tok_emb.weight.device
-        prefix = [tokenizer.eot_id, *tokenizer.encode(context)]
-        rows = [prefix + tokenizer.encode(e) for e in endings]
-        block = model.config.block_size
-        rows = [r[-(block + 1):] for r in rows]  # keep the ending and as much context as fits
-        width = max(map(len, rows))
-        x = torch.zeros(len(rows), width - 1, dtype=torch.long)
-        y = torch.full((len(rows), width - 1), -1, dtype=torch.long)
-        for i, (row, ending) in enumerate(zip(rows, endings, strict=True)):
-            n_ending = min(len(tokenizer.encode(ending)), len(row) - 1)
-            x[i, :len(row) - 1] = torch.tensor(row[:-1])
-            y[i, len(row) - 1 - n_ending:len(row) - 1] = torch.tensor(row[len(row) - n_ending:])
-        logits = model(x.to(device)).float()
-        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
-                                 ignore_index=-1, reduction="none").view(len(rows), -1)
-        return (-losses.sum(dim=1)).tolist()
+    device = model.tok_emb.weight.device
+    block = model.config.block_size
+    rows = [(c + x)[-(block + 1):] for c, x in pairs]  # the continuation, and what context fits
+    width = max(map(len, rows)) - 1
+    inputs = torch.zeros(len(rows), width, dtype=torch.long)
+    targets = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: not scored
+    for i, (row, (_, continuation)) in enumerate(zip(rows, pairs, strict=True)):
+        n = min(len(continuation), len(row) - 1)
+        inputs[i, :len(row) - 1] = torch.tensor(row[:-1])
+        targets[i, len(row) - 1 - n:len(row) - 1] = torch.tensor(row[len(row) - n:])
+    with ctx if ctx is not None else torch.autocast(device.type, enabled=False):
+        logits = model(inputs.to(device))
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                             targets.to(device).reshape(-1), ignore_index=-1, reduction="none")
+    return (-losses.view(len(rows), -1).double().sum(dim=1)).tolist()
 
 
-def evaluate(model: GPT, tokenizer: Tokenizer, rows: Iterator[dict], limit: int | None = None,
-             progress: bool = False) -> dict[str, float]:
-    correct = correct_norm = total = 0
-    for row in tqdm(rows, total=limit, desc="hellaswag", disable=None if progress else True):
-        if limit is not None and total >= limit:
-            break
-        context, endings, label = split_example(row)
-        scores = ending_scores(model, tokenizer, context, endings)
-        normalised = [s / len(e) for s, e in zip(scores, endings, strict=True)]
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == label)
-        correct_norm += int(max(range(len(normalised)), key=normalised.__getitem__) == label)
-        total += 1
-    if total == 0:
-        raise UserError("no examples to score")
-    return {"acc": correct / total, "acc_norm": correct_norm / total, "examples": total}
+def evaluate(model: GPT, tokenizer: Tokenizer, examples: Sequence[Example], batch_size: int = 8,
+             ctx=None, progress: bool = False) -> dict[str, float]:
+    scored = score_examples(model, tokenizer, examples, batch_size, ctx, progress)
+    return {"acc": sum(s.acc for s in scored) / len(scored),
+            "acc_norm": sum(s.acc_norm for s in scored) / len(scored), "examples": len(scored)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(description="HellaSwag multiple-choice accuracy.")
+    parser = ArgumentParser(description="HellaSwag multiple-choice accuracy, as "
+                                        "lm-evaluation-harness scores it.")
     parser.add_argument("checkpoint", help="a .pt checkpoint or a transformers model folder")
     parser.add_argument("--data", default="hellaswag",
                         help="hellaswag (the Hub's validation split) or a local .jsonl file")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="score the first N examples")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch_size", type=positive_int, default=8,
+                        help="examples (each with its four endings) per forward pass")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--dtype", default="fp32", help="auto | bf16 | fp16 | fp32")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from models.checkpoint import load_model
-    from models.device import resolve_device
+    from models.device import autocast, resolve_device, resolve_dtype
 
-    model, tokenizer = load_model(args.checkpoint, resolve_device(args.device))
-    result = evaluate(model, tokenizer, examples(args.data), args.limit, progress=not args.json)
+    device = resolve_device(args.device)
+    ctx = autocast(device, resolve_dtype(args.dtype, device))
+    examples = load_examples(args.data, args.limit)
+    model, tokenizer = load_model(args.checkpoint, device)
+    result = evaluate(model, tokenizer, examples, args.batch_size, ctx, progress=not args.json)
     if args.json:
         print(json.dumps(result))
         return

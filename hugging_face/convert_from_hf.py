@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model_config": dataclasses.asdict(config), "tokenizer": tok.spec(),
                      "model": state, "step": 0, "tokens_seen": 0,
-                     "best_val_loss": float("inf"), "train_config": {"data": args.model},
-                     "world_size": 1}, output)
+                     "best_val_loss": float("inf"), "train_config": {},
+                     "imported_from": args.model, "world_size": 1}, output)
     n_params = sum(t.numel() for t in state.values())
     print(f"imported {args.model}: {n_params:,} parameters ({config.n_layer} layers, "
           f"{config.pos_emb}/{config.norm}/{config.mlp}), tokenizer {tok.name}; wrote {output}")

@@ -156,13 +156,25 @@ class Tokenizer:
         if renumbered:
             raise TokenizerError(f"saving tokenizer {self.name!r} would renumber its special "
                                  f"tokens ({renumbered}); nothing written")
+        # <|endoftext|> also pads: batches in transformers need a pad token (the attention mask
+        # hides it), and a new token would need an embedding row the model does not have.
         fast = PreTrainedTokenizerFast(tokenizer_object=converted, eos_token=EOT, bos_token=EOT,
-                                       unk_token=EOT, model_max_length=None)
-        Path(directory).mkdir(parents=True, exist_ok=True)
+                                       unk_token=EOT, pad_token=EOT, model_max_length=None)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         fast.save_pretrained(str(directory))
+        _name_a_class_every_version_knows(directory / "tokenizer_config.json")
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, n_vocab={self.n_vocab})"
+
+
+def _name_a_class_every_version_knows(path: Path) -> None:
+    """transformers 5 names its class TokenizersBackend, which 4.x cannot load;
+    PreTrainedTokenizerFast reads tokenizer.json as it is in both."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------- the kinds

@@ -44,13 +44,19 @@ def hf_family(config: ModelConfig) -> str:
 PADDING_KEY = "gpt_pretrain_vocab_multiple"
 
 
-def to_hf_config(config: ModelConfig) -> PretrainedConfig:
-    hf_config = _stock_config(config)
+def to_hf_config(config: ModelConfig, eot_id: int | None = None) -> PretrainedConfig:
+    """The stock transformers config of our model; eot_id, when given, is bos and eos."""
+    hf_config = _stock_config(config, eot_id)
     setattr(hf_config, PADDING_KEY, config.vocab_multiple)
+    if isinstance(hf_config, LlamaConfig):
+        # transformers 5 keeps rope_theta only inside rope_parameters; 4.x reads the top-level
+        # key and would otherwise load its default 10000. Both read their own, equal, value.
+        hf_config.rope_theta = config.rope_theta
     return hf_config
 
 
-def _stock_config(config: ModelConfig) -> PretrainedConfig:
+def _stock_config(config: ModelConfig, eot_id: int | None) -> PretrainedConfig:
+    special = {} if eot_id is None else {"bos_token_id": eot_id, "eos_token_id": eot_id}
     if hf_family(config) == "llama":
         return LlamaConfig(
             vocab_size=config.vocab_size, hidden_size=config.n_embd,
@@ -60,54 +66,141 @@ def _stock_config(config: ModelConfig) -> PretrainedConfig:
             rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta, hidden_act="silu",
             attention_bias=config.bias, mlp_bias=config.bias,
             tie_word_embeddings=config.tie_embeddings, initializer_range=config.init_std,
-            architectures=["LlamaForCausalLM"])
+            architectures=["LlamaForCausalLM"], **special)
     return GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
         n_layer=config.n_layer, n_head=config.n_head, n_inner=config.ffn_hidden,
         activation_function="gelu_new", layer_norm_epsilon=config.norm_eps,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         tie_word_embeddings=config.tie_embeddings, initializer_range=config.init_std,
-        architectures=["GPT2LMHeadModel"])
+        architectures=["GPT2LMHeadModel"], **special)
 
 
 def from_hf_config(hf_config: PretrainedConfig) -> ModelConfig:
-    """Our ModelConfig for a transformers Llama or GPT-2 config."""
-    config = _from_stock_config(hf_config)
+    """Our ModelConfig for a transformers Llama or GPT-2 config; a ConfigError naming every
+    field whose value would make transformers compute something our model does not."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in ("llama", "gpt2"):
+        raise ConfigError(f"unsupported transformers model type {model_type!r} "
+                          "(supported: llama, gpt2)")
+    misfits = llama_misfits(hf_config) if model_type == "llama" else gpt2_misfits(hf_config)
+    misfits += _common_misfits(hf_config)
+    if misfits:
+        raise ConfigError(f"cannot import this {model_type} model: {'; '.join(misfits)}")
+    config = _llama_config(hf_config) if model_type == "llama" else _gpt2_config(hf_config)
     return dataclasses.replace(config, vocab_multiple=getattr(hf_config, PADDING_KEY, 1))
 
 
-def _from_stock_config(hf_config: PretrainedConfig) -> ModelConfig:
-    model_type = getattr(hf_config, "model_type", None)
-    if model_type == "llama":
-        rope = getattr(hf_config, "rope_parameters", None) or {}
-        rope_theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
-        if rope.get("rope_type", "default") != "default":
-            raise ConfigError(f"rope scaling {rope.get('rope_type')!r} is not supported")
-        head_dim = getattr(hf_config, "head_dim", None)
-        if head_dim and head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
-            raise ConfigError("head_dim * num_attention_heads != hidden_size is not supported")
-        if hf_config.attention_bias != getattr(hf_config, "mlp_bias", False):
-            raise ConfigError("attention_bias and mlp_bias must agree")
-        return ModelConfig(
-            vocab_size=hf_config.vocab_size, block_size=hf_config.max_position_embeddings,
-            n_layer=hf_config.num_hidden_layers, n_head=hf_config.num_attention_heads,
-            n_kv_head=hf_config.num_key_value_heads or hf_config.num_attention_heads,
-            n_embd=hf_config.hidden_size, ffn_hidden=hf_config.intermediate_size,
-            mlp="swiglu", norm="rmsnorm", norm_eps=hf_config.rms_norm_eps, pos_emb="rope",
-            rope_theta=float(rope_theta), bias=bool(hf_config.attention_bias),
-            tie_embeddings=bool(hf_config.tie_word_embeddings))
-    if model_type == "gpt2":
-        if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ConfigError(f"GPT-2 activation {hf_config.activation_function!r} "
-                              "is not supported")
-        return ModelConfig(
-            vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
-            n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
-            ffn_hidden=hf_config.n_inner or 4 * hf_config.n_embd, mlp="gelu", norm="layernorm",
-            norm_eps=hf_config.layer_norm_epsilon, pos_emb="learned", bias=True,
-            tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)))
-    raise ConfigError(f"unsupported transformers model type {model_type!r} "
-                      "(supported: llama, gpt2)")
+# What each family's transformers class can be told to compute that ours does not. Configs are
+# read in both transformers layouts: 4.x keeps rope_theta, rope_scaling and partial_rotary_factor
+# at the top level, 5.x keeps them in rope_parameters (and reads 4.x files into it), so every
+# place either version reads is checked, whichever version runs this.
+
+def _rope_dicts(hf_config: PretrainedConfig) -> list[tuple[str, dict]]:
+    """("rope_parameters" or "rope_scaling", its dict) for each that is set (5.x makes
+    rope_scaling an alias of rope_parameters: that one is checked once)."""
+    found: list[tuple[str, dict]] = []
+    for key in ("rope_parameters", "rope_scaling"):
+        value = getattr(hf_config, key, None)
+        if isinstance(value, dict) and all(value != seen for _, seen in found):
+            found.append((key, value))
+    return found
+
+
+def _rope_theta(hf_config: PretrainedConfig) -> float:
+    for _, rope in _rope_dicts(hf_config):
+        if "rope_theta" in rope:
+            return float(rope["rope_theta"])
+    return float(getattr(hf_config, "rope_theta", None) or 10000.0)
+
+
+def llama_misfits(hf_config: PretrainedConfig) -> list[str]:
+    misfits = []
+    act = getattr(hf_config, "hidden_act", "silu")
+    if act != "silu":
+        misfits.append(f"hidden_act={act!r} (SwiGLU here gates with silu)")
+    for key, rope in _rope_dicts(hf_config):
+        if any(isinstance(v, dict) for v in rope.values()):
+            misfits.append(f"{key} per layer type (one RoPE for every layer here)")
+            continue
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        if kind != "default":
+            misfits.append(f"{key} of type {kind!r} (plain RoPE here)")
+        if rope.get("partial_rotary_factor", 1.0) not in (None, 1.0):
+            misfits.append(f"{key} partial_rotary_factor={rope['partial_rotary_factor']} "
+                           "(RoPE turns whole heads here)")
+    partial = getattr(hf_config, "partial_rotary_factor", None)
+    if partial not in (None, 1.0):
+        misfits.append(f"partial_rotary_factor={partial} (RoPE turns whole heads here)")
+    heads, width = hf_config.num_attention_heads, hf_config.hidden_size
+    head_dim = getattr(hf_config, "head_dim", None)
+    if head_dim and head_dim * heads != width:
+        misfits.append(f"head_dim={head_dim} (hidden_size / num_attention_heads = "
+                       f"{width // heads} here)")
+    attention_bias = bool(getattr(hf_config, "attention_bias", False))
+    mlp_bias = bool(getattr(hf_config, "mlp_bias", False))
+    if attention_bias != mlp_bias:
+        misfits.append(f"attention_bias={attention_bias} with mlp_bias={mlp_bias} (one bias "
+                       "switch for both here)")
+    window = getattr(hf_config, "sliding_window", None)
+    if window and getattr(hf_config, "use_sliding_window", True) is not False:
+        misfits.append(f"sliding_window={window} (attention spans the whole context here)")
+    layer_types = getattr(hf_config, "layer_types", None) or []
+    if any(kind != "full_attention" for kind in layer_types):
+        misfits.append(f"layer_types={sorted(set(layer_types))} (full attention in every layer "
+                       "here)")
+    return misfits
+
+
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation, ours
+
+
+def gpt2_misfits(hf_config: PretrainedConfig) -> list[str]:
+    misfits = []
+    act = getattr(hf_config, "activation_function", "gelu_new")
+    if act not in GPT2_ACTIVATIONS:
+        misfits.append(f"activation_function={act!r} (tanh-approximated GELU here)")
+    if getattr(hf_config, "scale_attn_weights", True) is not True:
+        misfits.append("scale_attn_weights=False (attention scores are scaled by "
+                       "1/sqrt(head_dim) here)")
+    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
+        misfits.append("scale_attn_by_inverse_layer_idx=True (no per-layer attention scaling "
+                       "here)")
+    if getattr(hf_config, "reorder_and_upcast_attn", False):
+        misfits.append("reorder_and_upcast_attn=True (attention scores are not upcast to "
+                       "float32 here)")
+    if getattr(hf_config, "add_cross_attention", False):
+        misfits.append("add_cross_attention=True (a decoder without cross-attention here)")
+    return misfits
+
+
+def _common_misfits(hf_config: PretrainedConfig) -> list[str]:
+    quantization = getattr(hf_config, "quantization_config", None)
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else \
+            getattr(quantization, "quant_method", "?")
+        return [f"quantization_config ({method}: packed weights; import the unquantized model)"]
+    return []
+
+
+def _llama_config(hf_config: PretrainedConfig) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=hf_config.vocab_size, block_size=hf_config.max_position_embeddings,
+        n_layer=hf_config.num_hidden_layers, n_head=hf_config.num_attention_heads,
+        n_kv_head=hf_config.num_key_value_heads or hf_config.num_attention_heads,
+        n_embd=hf_config.hidden_size, ffn_hidden=hf_config.intermediate_size,
+        mlp="swiglu", norm="rmsnorm", norm_eps=hf_config.rms_norm_eps, pos_emb="rope",
+        rope_theta=_rope_theta(hf_config), bias=bool(getattr(hf_config, "attention_bias", False)),
+        tie_embeddings=bool(hf_config.tie_word_embeddings))
+
+
+def _gpt2_config(hf_config: PretrainedConfig) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
+        n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
+        ffn_hidden=hf_config.n_inner or 4 * hf_config.n_embd, mlp="gelu", norm="layernorm",
+        norm_eps=hf_config.layer_norm_epsilon, pos_emb="learned", bias=True,
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)))
 
 
 def gpt2_names(config: ModelConfig) -> list[tuple[str, str, bool]]:

@@ -169,7 +169,7 @@ def test_a_missing_dataset_is_one_line(tmp_path):
 
 
 def test_hellaswag_rows_come_from_the_hubs_validation_split(tmp_path, monkeypatch):
-    from evaluation.hellaswag import examples
+    from evaluation.hellaswag import read_rows
 
     repo = tmp_path / "hellaswag"
     (repo / "data").mkdir(parents=True)
@@ -179,7 +179,7 @@ def test_hellaswag_rows_come_from_the_hubs_validation_split(tmp_path, monkeypatc
     pq.write_table(pa.table(rows), repo / "data" / "validation-00000-of-00001.parquet")
     pq.write_table(pa.table(rows), repo / "data" / "train-00000-of-00001.parquet")
     with serve(repo, "Rowan/hellaswag", monkeypatch, tmp_path / "cache"):
-        found = list(examples("hellaswag"))
+        found = list(read_rows("hellaswag"))
     assert [r["ctx"] for r in found] == rows["ctx"] and found[3]["endings"][1] == "ending 3.1"
 
 

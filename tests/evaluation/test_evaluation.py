@@ -1,4 +1,5 @@
-"""Perplexity by sliding window (against transformers on an exported model) and HellaSwag."""
+"""Perplexity by sliding window (against transformers on an exported model), what text it
+scores, and HellaSwag as lm-evaluation-harness scores it (against the harness itself)."""
 
 import json
 import math
@@ -11,11 +12,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.clean_text import clean_text
 from evaluation import eval_perplexity
-from evaluation.eval_perplexity import score_tokens, windows
-from evaluation.hellaswag import ending_scores
+from evaluation.eval_perplexity import score_tokens, wikitext_detokenize, windows
+from evaluation.hellaswag import Example, encode_pair, judge, load_examples, score_examples
 from hugging_face.convert_to_hf import export
 from models.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.helpers import FIXTURES, assert_one_line_error, run_script
+from tests.helpers import FIXTURES, REPO, assert_one_line_error, run_isolated, run_script
 from tokenization.tokenizer import byte_tokenizer
 from transformer_setup.params import ModelConfig
 from transformer_setup.transformer import GPT
@@ -103,6 +104,46 @@ def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_pa
     assert folder["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
 
 
+def perplexity_json(capsys, checkpoint, *args: str) -> dict:
+    eval_perplexity.main([str(checkpoint), "--json", "--stride", "128", *args])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_perplexity_names_the_text_it_scored_and_raw_keeps_every_byte(quickstart, tmp_path,
+                                                                      capsys):
+    out_dir, _ = quickstart
+    text = (WIKITEXT_TEST.read_text(encoding="utf-8")[:2500] if WIKITEXT_TEST.exists() else
+            " = Title = \n The state @-@ of @-@ the @-@ art , 1 @,@ 000 ( here ) . \n" * 30)
+    raw_bytes = (text + " trailing \r\n\r\n\n\n\nend  ").encode("utf-8")
+    path = tmp_path / "wiki.txt"
+    path.write_bytes(raw_bytes)
+    checkpoint = out_dir / "best_model.pt"  # the bytes tokenizer: one token per byte
+    cleaned = perplexity_json(capsys, checkpoint, "--data", str(path))
+    raw = perplexity_json(capsys, checkpoint, "--data", str(path), "--raw")
+    detokenized = perplexity_json(capsys, checkpoint, "--data", str(path), "--detokenize")
+    assert (cleaned["text"], raw["text"], detokenized["text"]) == (
+        "cleaned", "raw", "raw+wikitext-detokenized")
+    assert raw["bytes"] == raw["tokens"] == len(raw_bytes)  # \r\n and spaces as they are
+    assert cleaned["bytes"] < len(raw_bytes)
+    assert detokenized["bytes"] == len(wikitext_detokenize(raw_bytes.decode()).encode())
+
+
+def test_raw_rows_of_a_jsonl_file_are_not_cleaned(quickstart, tmp_path, capsys):
+    out_dir, _ = quickstart
+    rows = [{"text": "A row with  double spaces @-@ and a tail   \n\n\n"}, {"text": ""},
+            {"text": "Caf\u00e9, \u00fcber: two more rows of text, as they are.  "}]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    raw = perplexity_json(capsys, out_dir / "best_model.pt", "--data", path, "--raw")
+    assert raw["bytes"] == sum(len(r["text"].encode()) for r in rows)
+
+
+def test_raw_of_generated_text_is_one_line(quickstart, tmp_path):
+    out_dir, _ = quickstart
+    result = run_script("evaluation/eval_perplexity.py", str(out_dir / "best_model.pt"),
+                        "--data", "pydocs", "--raw", cwd=tmp_path)
+    assert_one_line_error(result, "--raw reads files and Hub datasets")
+
+
 def scrambled(text: str, shift: int) -> str:
     """Gibberish of exactly the same length: letters rotated, spaces and dots kept."""
     return "".join(chr((ord(c) - 97 + shift) % 26 + 97) if c.isalpha() else c
@@ -110,35 +151,146 @@ def scrambled(text: str, shift: int) -> str:
 
 
 ENGLISH = [("The function returns", "the", "value of the attribute."),
-           ("This module provides", None, "functions for working with files."),
-           ("If the argument is", None, "not given, the default is used.")]
+           ("This module provides", "", "functions for working with files."),
+           ("If the argument is", "not", "given, the default is used.")]
 HELLASWAG_ROWS = [  # HellaSwag's format; the English ending (label 0) is the answer
-    {**({"ctx_a": a, "ctx_b": b} if b else {"ctx": a}),
-     "endings": [right] + [scrambled(right, k) for k in (7, 13, 19)], "label": 0}
+    {"activity_label": "Python docs", "ctx_a": a, "ctx_b": b,
+     "endings": [right] + [scrambled(right, k) for k in (7, 13, 19)], "label": "0"}
     for a, b, right in ENGLISH]
+# Rows with what the harness's preprocessing acts on: WikiHow's [title] and [step] tags, double
+# spaces, a lower-case ctx_b, a context ending in " [title]" (a query with a trailing space), and
+# endings that are not ASCII (characters and bytes differ).
+ARTIFACT_ROWS = [
+    {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
+     "ctx_b": "he", "endings": ["is using wrap to wrap a pair of skis.",
+                                "is ripping level tiles off.", "is holding a rubik's cube.",
+                                "starts pulling up roofing on a roof."], "label": "3"},
+    {"activity_label": "Home and Garden",
+     "ctx_a": "[header] How to clean a grill [title] Heat the grill.  [step] Turn the burners on "
+              "high", "ctx_b": "and CLOSE the lid.",
+     "endings": ["[substeps] Let it heat for ten minutes.",
+                 "Wait  until the grates are hot [title] Scrub them.",
+                 " Spray the grill with water. ", "Eat a sandwich [step] while you wait."],
+     "label": "0"},
+    {"activity_label": "Cooking", "ctx_a": "She pours the coffee into a cup.", "ctx_b": "she",
+     "endings": ["adds crème fraîche and stirs.", "drinks it.",
+                 "puts the cup in the café's sink.", "smiles."], "label": "1"},
+    {"activity_label": "Personal Care", "ctx_a": "[header] How to wash your hair",
+     "ctx_b": "wet your hair [title]", "endings": ["Use warm water.", "Sing a song.",
+                                                   "Dry it first.", "Buy a hat."], "label": "0"},
+]
+# Log-likelihoods that rank the Cooking row's endings differently per normalisation: by
+# characters (the harness's acc_norm) ending 1, by bytes ending 0, by characters + 1 (the space)
+# ending 3, unnormalised ending 3.
+COOKING_LOG_LIKELIHOODS = [-30.0, -10.0, -100.0, -7.1]
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return str(path)
+
+
+def test_hellaswag_examples_are_built_as_the_harness_builds_them(tmp_path):
+    examples = load_examples(write_jsonl(tmp_path / "rows.jsonl", ARTIFACT_ROWS))
+    assert examples[0] == Example("Roof shingle removal: A man is sitting on a roof. He",
+                                  tuple(ARTIFACT_ROWS[0]["endings"]), 3)
+    assert examples[1] == Example(
+        "Home and Garden: How to clean a grill. Heat the grill.  Turn the burners on high And "
+        "close the lid.",
+        (" Let it heat for ten minutes.", "Wait until the grates are hot. Scrub them.",
+         "Spray the grill with water.", "Eat a sandwich while you wait."), 0)
+    assert examples[3].query == "Personal Care: How to wash your hair Wet your hair. "
+
+
+def test_hellaswag_acc_norm_divides_by_the_endings_characters():
+    cooking = Example("q", tuple(ARTIFACT_ROWS[2]["endings"]), 1)
+    scored = judge(COOKING_LOG_LIKELIHOODS, cooking)
+    assert (scored.acc, scored.acc_norm) == (0, 1)
+
+
+def test_hellaswag_continuation_tokens_are_split_from_the_whole_text():
+    tok = byte_tokenizer()
+    context, continuation = encode_pair(tok, "Wet your hair. ", " Use warm water.")
+    assert context == tok.encode("Wet your hair.")  # its trailing space moves on
+    assert continuation == tok.encode("  Use warm water.")
+
+
+def test_hellaswag_scores_are_sums_of_choice_log_probabilities(quickstart):
+    out_dir, _ = quickstart
+    model, tok = model_from_checkpoint(load_checkpoint(out_dir / "best_model.pt"))
+    examples = [Example("The value", ("is returned.", "is not returned at all."), 0)] * 2 + \
+        [Example("x" * 300, ("y",), 0)]  # longer than the context: cut on the left
+    one_by_one = score_examples(model, tok, examples, batch_size=1)
+    for a, b in zip(one_by_one, score_examples(model, tok, examples, batch_size=3), strict=True):
+        assert a.log_likelihoods == pytest.approx(b.log_likelihoods, rel=1e-5)
+    for example, scored in zip(examples, one_by_one):
+        for choice, ll in zip(example.choices, scored.log_likelihoods):
+            ids = (tok.encode(example.query) + tok.encode(" " + choice))[-129:]  # no EOT first
+            n = len(tok.encode(" " + choice))
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0], dim=-1)
+            expected = sum(logprobs[len(ids) - 1 - n + i, ids[len(ids) - n + i]].item()
+                           for i in range(n))
+            assert ll == pytest.approx(expected, rel=1e-5)
 
 
 def test_hellaswag_on_a_local_file_with_a_known_answer(quickstart, tmp_path):
     out_dir, _ = quickstart
-    path = tmp_path / "hellaswag.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in HELLASWAG_ROWS))
+    path = write_jsonl(tmp_path / "hellaswag.jsonl", HELLASWAG_ROWS)
     result = run_script("evaluation/hellaswag.py", str(out_dir / "best_model.pt"), "--data",
-                        str(path), "--json", cwd=tmp_path)
+                        path, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"acc": 1.0, "acc_norm": 1.0, "examples": 3}
 
 
-def test_hellaswag_scores_are_sums_of_ending_log_probabilities(quickstart):
+@pytest.fixture(scope="module")
+def harness(quickstart, tmp_path_factory):
+    """lm-evaluation-harness, in a throwaway environment, on the rows above and on our model
+    exported (the harness runs transformers 4.57: the export loads there too)."""
+    out_dir, _ = quickstart
+    root = tmp_path_factory.mktemp("harness")
+    export(load_checkpoint(out_dir / "best_model.pt"), root / "hf")
+    rows = ARTIFACT_ROWS + HELLASWAG_ROWS
+    wikitext = WIKITEXT_TEST.read_text(encoding="utf-8")[:30_000] if WIKITEXT_TEST.exists() \
+        else "A \" quoted \" 1 @,@ 000 state @-@ of @-@ the @-@ art ( here ) test . \n = = H = = \n"
+    request = root / "request.json"
+    request.write_text(json.dumps({
+        "task_dir": str(root), "data_file": write_jsonl(root / "rows.jsonl", rows),
+        "model": str(root / "hf"), "log_likelihoods": [[2, COOKING_LOG_LIKELIHOODS]],
+        "wikitext": wikitext}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    result = run_isolated(["lm_eval>=0.4.9,<0.5", "accelerate", "transformers==4.57.*"],
+                          REPO / "tests/evaluation/harness_check.py", str(request), cwd=root,
+                          env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return rows, wikitext, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_hellaswag_equals_lm_evaluation_harness(quickstart, harness, tmp_path):
+    rows, _, seen = harness
+    examples = load_examples(write_jsonl(tmp_path / "rows.jsonl", rows))
+    assert [(e.query, list(e.choices), e.label) for e in examples] == \
+        [(d["query"], d["choices"], int(d["label"])) for d in seen["docs"]]
+    assert seen["judged"][0]["acc"] == 0 and seen["judged"][0]["acc_norm"] == 1
+    assert judge(COOKING_LOG_LIKELIHOODS, examples[2]).acc_norm == seen["judged"][0]["acc_norm"]
     out_dir, _ = quickstart
     model, tok = model_from_checkpoint(load_checkpoint(out_dir / "best_model.pt"))
-    context, ending = "The value", " is returned."
-    (score,) = ending_scores(model, tok, context, [ending])
-    ids = [tok.eot_id, *tok.encode(context), *tok.encode(ending)]
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0], dim=-1)
-    n = len(tok.encode(ending))
-    expected = sum(logprobs[len(ids) - 1 - n + i, ids[len(ids) - n + i]].item() for i in range(n))
-    assert score == pytest.approx(expected, rel=1e-5)
+    ours = score_examples(model, tok, examples, batch_size=4)
+    for mine, theirs in zip(ours, seen["samples"], strict=True):
+        assert mine.log_likelihoods == pytest.approx(theirs["log_likelihoods"], rel=1e-4,
+                                                     abs=1e-4)
+        assert (mine.acc, mine.acc_norm) == (theirs["acc"], theirs["acc_norm"])
+    assert seen["scores"]["acc_norm,none"] == pytest.approx(
+        sum(s.acc_norm for s in ours) / len(ours))
+
+
+def test_wikitext_detokenization_equals_lm_evaluation_harness(harness):
+    _, wikitext, seen = harness
+    assert wikitext_detokenize(wikitext) == seen["detokenized"]
+    assert wikitext_detokenize("state @-@ of @-@ the @-@ art , 1 @,@ 000") == \
+        "state-of-the-art, 1,000"
 
 
 def test_hellaswag_bad_file(tmp_path, quickstart):
