@@ -324,7 +324,8 @@ class Lane:
     def _receive(self) -> np.ndarray | None:
         plan, k, s, future = self.pending.popleft()
         if future is None and self.head is not None and self.head[0] == k:
-            return self.head[1]
+            head, self.head = self.head[1], None
+            return head
         if future is None:  # resumed past segment 0: read the first piece again
             future = self.request(self.index, plan.unit, plan.first)
         tokens = _result(future)

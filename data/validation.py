@@ -38,6 +38,7 @@ from data.sources import (
 from tokenization.tokenizer import Tokenizer
 
 ROWS_PER_EVAL_ITER = 32  # eval_iters counts batches of this many rows
+MAX_VAL_DATA_BYTES = 1 << 30  # --val_data is read whole (to keep its text out of training)
 
 
 @dataclass
@@ -136,10 +137,16 @@ def validation_set(data: str, val_data: str | None, source: Source | None,
                             "units": source.fingerprint("val"), "revision": source.revision}
         return ValidationSet(source_rows(source, "val", tokenizer, block_size, rows), identity)
     val_source = get_source(val_data, **source_options)
-    identity["data"] = {"source": val_source.name, "split": "all",
-                        "units": val_source.fingerprint("all"), "revision": val_source.revision}
-    val_rows = source_rows(val_source, "all", tokenizer, block_size, rows)
-    return ValidationSet(val_rows, identity, source_coverage(val_data, val_source))
+    split = "val" if "val" in native_splits(val_source) else "all"
+    identity["data"] = {"source": val_source.name, "split": split,
+                        "units": val_source.fingerprint(split), "revision": val_source.revision}
+    val_rows = source_rows(val_source, split, tokenizer, block_size, rows)
+    return ValidationSet(val_rows, identity, source_coverage(val_data, val_source, split))
+
+
+def native_splits(source: Source) -> tuple[str, ...]:
+    """The splits a dataset has of its own (a Hub dataset's validation split, say)."""
+    return tuple(source.files) if isinstance(source, FileSource) else ()
 
 
 # ----------------------------------------------------------------------------- coverage
@@ -153,19 +160,28 @@ def content_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def source_coverage(spec: str, source: Source) -> Coverage:
-    """The files and documents of a --val_data source (documents as training reads them: one
-    per row, or per unit of a .txt file)."""
+def source_coverage(spec: str, source: Source, split: str) -> Coverage:
+    """The files and documents of a --val_data source's split (documents as training reads
+    them: one per row, or per unit of a .txt file). It is read whole, so it must be of a
+    validation set's size."""
+    units = source.units(split)
+    size = sum(u.nbytes for u in units)
+    if size > MAX_VAL_DATA_BYTES:
+        raise DataError(f"--val_data {spec} holds {size / 1e9:.1f} GB of text; it is read whole "
+                        f"to keep it out of training, so give at most "
+                        f"{MAX_VAL_DATA_BYTES / 1e9:.2f} GB (a held-out file, or a prepared "
+                        "folder's val shards)")
     covers = Coverage(spec)
     if isinstance(source, FileSource):
-        for files in source.files.values():
-            for path in files:
-                covers.files.add(file_key(path))
-                if not source.on_hub:
-                    covers.contents.setdefault(os.path.getsize(path), set()).add(
-                        content_hash(path))
+        files = source.files.get("val", []) if split == "val" else \
+            [f for fs in source.files.values() for f in fs]
+        for path in files:
+            covers.files.add(file_key(path))
+            if not source.on_hub:
+                covers.contents.setdefault(os.path.getsize(path), set()).add(
+                    content_hash(path))
     keys = set()
-    for unit in source.units("all"):
+    for unit in units:
         for piece in range(unit.pieces):
             keys.update(map(document_key, source.read(unit, piece, stream="coverage")))
     covers.documents = frozenset(keys)

@@ -12,6 +12,19 @@ Sections:
   documents 10^3, 10^4, 10^5 of the stream and the time to its first batch is measured.
 - `amplification`: --ranks x --workers readers each take their rows of every global batch for
   one epoch of a generated jsonl corpus; bytes read by all readers / bytes of the corpus.
+- `hub`: one epoch of FineWeb-shaped parquet (6 files x 2,000 documents in 1, 8 or 100 row groups
+  per file) streamed from the test suite's stand-in Hub by 2 ranks x 2 workers: bytes fetched
+  over the bytes of the text column; then the requests before the first batch of 8 ranks x 2
+  workers (rank 0 lists and reads the held-out rows, the others get the listing, as
+  `make_loaders` does).
+- `decode`: parquet rows decoded over rows handed to lanes, for one epoch of single-row-group
+  files (small ones, and big ones read in pieces with fewer files than rows), 10-row-group files
+  and FineWeb's layout (one process, so that one counter sees every read).
+- `rows`: a 1 MB single-document .txt at the tiny preset's 32 rows x 128 bytes and at the 1b
+  preset's 288 rows x 1,024 GPT-2 tokens: the share of rows with a break (an <|endoftext|> after
+  their first token) and the median longest unbroken stretch per row.
+- `prepare_resume`: data/prepare.py interrupted at 10% and at 90% of a generated corpus, then
+  restarted: seconds from the restart to its first new shard.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ from transformer_setup.cli import (
     run_main,
 )
 
-SECTIONS = ("speed", "resume", "amplification")
+SECTIONS = ("speed", "resume", "amplification", "hub", "decode", "rows", "prepare_resume")
 
 
 def peak_rss_mb() -> float:
@@ -87,15 +100,16 @@ def speed_rows(data: str, tokenizer_name: str, batch_size: int, block_size: int,
 # ----------------------------------------------------------------------------- generated data
 
 def write_parquet_corpus(folder: Path, documents: int, per_file: int = 1000,
-                         row_group: int = 100) -> None:
-    """FineWeb-like parquet files of ~80-word documents, `row_group` documents per row group."""
+                         row_group: int = 100, words: int = 80) -> None:
+    """FineWeb-like parquet files of `words`-word documents, `row_group` documents per row
+    group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = random.Random(0)
-    words = [f"word{i}" for i in range(5000)]
+    vocabulary = [f"word{i}" for i in range(5000)]
     for f in range(0, documents, per_file):
-        texts = [f"doc {f + i}: " + " ".join(rng.choice(words) for _ in range(80))
+        texts = [f"doc {f + i}: " + " ".join(rng.choice(vocabulary) for _ in range(words))
                  for i in range(min(per_file, documents - f))]
         pq.write_table(pa.table({"text": texts}), folder / f"{f // per_file:05d}.parquet",
                        row_group_size=row_group)
@@ -116,7 +130,7 @@ def resume_rows(tokenizer_name: str, documents: int, batch_size: int, block_size
             loader = StreamingLoader(source, tokenizer, block_size, batch_size)
             state = loader.state_dict()  # every lane k units in: `position` documents read
             k = int(position / per_unit / batch_size)
-            state["lanes"] = {g: [k, 0] for g in state["lanes"]}
+            state["lanes"] = {g: [k, 0, 0] for g in state["lanes"]}
             start = time.perf_counter()
             loader.load_state_dict(state)
             loader.next_batch()
@@ -143,15 +157,214 @@ def amplification_rows(tokenizer_name: str, ranks: int, workers: int) -> list[di
                                      world_size=ranks, workers=workers, repeat=False)
             request = loader.reader.request
 
-            def counted(unit, request=request):
+            def counted(lane, unit, piece=0, request=request):
                 nonlocal read
                 read += 0 if unit is None else units[unit].stop - units[unit].start
-                return request(unit)
+                return request(lane, unit, piece)
 
             loader.reader.request = counted
             take_batches(loader, 10**9)
             loader.close()
         return [{"readers": f"{ranks} ranks x {workers} workers", "amplification": read / corpus}]
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def write_layout(folder: Path, files: int, documents: int, row_groups: int,
+                 words: int = 60) -> None:
+    """`files` FineWeb-like parquet files of `documents` documents in `row_groups` row groups."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_parquet_corpus(folder, files * documents, per_file=documents,
+                         row_group=-(-documents // row_groups), words=words)
+
+
+def drain(loader, block_size: int) -> None:
+    """One whole epoch of a loader that does not repeat: every lane to its own end."""
+    take_batches(loader, 10**9)
+    for lane in loader.lanes or []:
+        while lane.row(block_size + 1, block_size) is not None:
+            pass
+
+
+def hub_rows(workers: int = 2) -> list[dict]:
+    import pickle
+
+    from data.validation import validation_set
+    from tests.hub_server import HubServer, pointed_at
+
+    tokenizer = get_tokenizer("bytes")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for row_groups in (1, 8, 100):
+            repo = Path(folder) / f"repo-{row_groups}"
+            write_layout(repo / "sample/10BT", 6, 2000, row_groups)
+            (repo / "README.md").write_text(HUB_CARD)
+            with HubServer(repo, "HuggingFaceFW/fineweb-edu") as hub, \
+                    pointed_at(hub, Path(folder) / f"cache-{row_groups}"):
+                source = get_source("fineweb-edu").listed()
+                validation_set("fineweb-edu", None, source, tokenizer, 64, 4096, {})
+                listing = len(hub.requests)
+                for rank in range(8):  # the first batch of 8 ranks
+                    loader = StreamingLoader(pickle.loads(pickle.dumps(source)), tokenizer, 64,
+                                             2, rank=rank, world_size=8, workers=workers)
+                    loader.next_batch()
+                    loader.close()
+                first_batch = len(hub.requests)
+                hub.bytes_sent.clear()
+                for rank in range(2):  # one epoch of 2 ranks
+                    loader = StreamingLoader(pickle.loads(pickle.dumps(source)), tokenizer, 64,
+                                             8, rank=rank, world_size=2, workers=workers,
+                                             repeat=False)
+                    drain(loader, 64)
+                    loader.close()
+                needed = text_column_bytes(repo, source.units("train"))
+                rows.append({"row_groups_per_file": row_groups, "files": 6,
+                             "requests_listing": listing,
+                             "requests_before_first_batch_8x2": first_batch,
+                             "epoch_bytes_fetched": sum(hub.bytes_sent.values()),
+                             "text_column_bytes": needed,
+                             "fetch_amplification": sum(hub.bytes_sent.values()) / needed})
+    return rows
+
+
+HUB_CARD = """---
+configs:
+- config_name: sample-10BT
+  data_files:
+  - split: train
+    path: sample/10BT/*
+---
+"""
+
+
+def text_column_bytes(repo: Path, units) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for unit in units:
+        name = unit.path.split("@", 1)[1].split("/", 1)[1]
+        total += pq.ParquetFile(repo / name).metadata.row_group(unit.index).column(0) \
+            .total_compressed_size
+    return total
+
+
+def decode_rows() -> list[dict]:
+    from data import sources
+
+    tokenizer = get_tokenizer("bytes")
+    layouts = [("1 row group per file, 8 small files", 8, 2000, 1, 60),
+               ("1 row group per file, 4 files of ~24 MB (3 pieces each), 16 rows", 4, 60_000,
+                1, 60),
+               ("10 row groups per file, 8 files", 8, 2000, 10, 60),
+               ("FineWeb layout: 1,000 documents per row group, 4 files", 4, 10_000, 10, 60)]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, files, documents, row_groups, words in layouts:
+            path = Path(folder) / name.split(",")[0].replace(" ", "-") / str(files)
+            write_layout(path, files, documents, row_groups, words)
+            source = get_source(str(path))
+            sources.READ_STATS.clear()
+            loader = StreamingLoader(source, tokenizer, 128, 16, split="all", repeat=False)
+            drain(loader, 128)
+            loader.close()
+            stats = sources.READ_STATS
+            rows.append({"layout": name, "units": len(source.units("all")),
+                         "pieces": sum(u.pieces for u in source.units("all")),
+                         "rows_decoded": stats["decoded_rows"],
+                         "rows_handed_out": stats["delivered_rows"],
+                         "decode_amplification": stats["decoded_rows"] / stats["delivered_rows"]})
+    return rows
+
+
+def one_megabyte_book(path: Path) -> None:
+    rng = random.Random(1)
+    words = ("the keeper climbed the stair and lit the lamp while the sea broke on the rocks "
+             "below and gulls cried over the harbour where boats rocked at anchor").split()
+    with open(path, "w") as f:
+        while f.tell() < 1_000_000:
+            f.write(" ".join(rng.choice(words) for _ in range(rng.randrange(8, 30))) + ".\n")
+
+
+def layout_rows() -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        book = Path(folder) / "book.txt"
+        one_megabyte_book(book)
+        for preset, tokenizer_name, lanes, block_size in (("tiny", "bytes", 32, 128),
+                                                          ("1b", "gpt2", 288, 1024)):
+            tokenizer = get_tokenizer(tokenizer_name)
+            source = get_source(str(book))
+            loader = StreamingLoader(source, tokenizer, block_size, lanes)
+            stretches, breaks, count = [], 0, 0
+            for x, y in take_batches(loader, 10):
+                for row in torch_rows(x, y):
+                    eots = [i for i, t in enumerate(row) if t == tokenizer.eot_id]
+                    breaks += any(i > 0 for i in eots)
+                    bounds = [-1] + eots + [len(row)]
+                    stretches.append(max(b - a - 1 for a, b in zip(bounds, bounds[1:])))
+                    count += 1
+            loader.close()
+            rows.append({"preset": preset, "rows_per_step": lanes, "block_size": block_size,
+                         "units": len(source.units("train")),
+                         "rows_with_a_break": breaks / count,
+                         "median_stretch_tokens": sorted(stretches)[len(stretches) // 2]})
+    return rows
+
+
+def torch_rows(x, y) -> list[list[int]]:
+    import torch
+
+    return torch.cat([x, y[:, -1:]], dim=1).tolist()
+
+
+def prepare_resume_rows(workers: int = 2) -> list[dict]:
+    """Restart after 10% and 90% of the shards: seconds until the first new shard."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "corpus"
+        write_layout(data, 40, 2000, 20, words=80)  # 800 row groups
+        for share in (0.1, 0.9):
+            out = Path(folder) / f"out-{share}"
+            args = ["--data", str(data), "--tokenizer", "bytes", "--out", str(out),
+                    "--shard_tokens", "200000", "--workers", str(workers)]
+            total = 800 * 100 * 600 // 200_000  # about: rows x bytes per row / shard size
+            with interrupted_after(int(share * total)):
+                try:
+                    prepare.main(args)
+                except KeyboardInterrupt:
+                    pass
+            with interrupted_after(0) as timer:
+                try:
+                    prepare.main(args)
+                except KeyboardInterrupt:
+                    pass
+            rows.append({"interrupted_at": f"{share:.0%} of the shards",
+                         "seconds_to_first_new_shard": timer.seconds})
+    return rows
+
+
+class interrupted_after(contextlib.ContextDecorator):
+    """prepare.py's shard writer, stopping (KeyboardInterrupt) before shard n+1 is written;
+    `seconds`: from entering to that moment."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards, self.seconds = shards, 0.0
+
+    def __enter__(self):
+        self.real, self.start, written = prepare.write_shard, time.perf_counter(), []
+
+        def write(path, tokens, header):
+            if path.name.startswith("train") and len(written) >= self.shards:
+                self.seconds = time.perf_counter() - self.start
+                raise KeyboardInterrupt
+            written.append(path)
+            self.real(path, tokens, header)
+
+        prepare.write_shard = write
+        return self
+
+    def __exit__(self, *exc) -> None:
+        prepare.write_shard = self.real
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,6 +395,10 @@ def main(argv: list[str] | None = None) -> None:
                                     args.block_size)
     if "amplification" in sections:
         out["amplification"] = amplification_rows(args.tokenizer, args.ranks, 2)
+    for name, rows in (("hub", hub_rows), ("decode", decode_rows), ("rows", layout_rows),
+                       ("prepare_resume", prepare_resume_rows)):
+        if name in sections:
+            out[name] = rows()
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -196,6 +413,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resume at document {r['position_documents']:>7,}: {r['resume_seconds']:.3f} s")
     for r in out.get("amplification", []):
         print(f"read amplification, {r['readers']}: {r['amplification']:.3f}")
+    for name in ("hub", "decode", "rows", "prepare_resume"):
+        for r in out.get(name, []):
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in r.items()))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The loaders: packing lanes over units (one global order at any split of the batch, resume in
 O(1), every unit once per epoch), prepared shards by epochs, validation, and prepare.py."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -518,6 +519,14 @@ def test_shards_are_checksummed_once(tmp_path, monkeypatch):
 def test_a_missing_shard_is_one_line(tmp_path):
     numbered_corpus(tmp_path / "src", n=40)
     run_prepare(tmp_path / "src", tmp_path / "out")
+    meta_path = tmp_path / "out" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["splits"]["train"]["shards"] += 1  # names a shard it does not list
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="does not list the train shards it counts"):
+        read_prepared(tmp_path / "out", "train", byte_tokenizer())
+    meta["splits"]["train"]["shards"] -= 1
+    meta_path.write_text(json.dumps(meta))
     (tmp_path / "out" / "train_000002.bin").unlink()
     with pytest.raises(DataError, match="train_000002.bin is missing"):
         read_prepared(tmp_path / "out", "train", byte_tokenizer())

@@ -31,7 +31,7 @@ def prose(path, paragraphs: int, tag: str = "") -> None:
 
 def loaders(tmp_path, **overrides):
     _, tc = build_configs("tiny", {"out_dir": str(tmp_path / "run"), "data_workers": 0,
-                                   **overrides})
+                                   "batch_size": 8, "accumulation_steps": 1, **overrides})
     return make_loaders(tc, byte_tokenizer(), 128, tc.accumulation_steps, torch.device("cpu"))
 
 
