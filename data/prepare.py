@@ -19,12 +19,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from data.loader import UnitReader
 from data.shards import (
     FORMAT,
     SHARD_NAME,
@@ -38,6 +37,11 @@ from data.shards import (
 from data.sources import DataError, Source, add_source_arguments, get_source
 from tokenization.tokenizer import Tokenizer, get_tokenizer
 from transformer_setup.cli import ArgumentParser, positive_int, run_main
+
+if TYPE_CHECKING:
+    from data.loader import UnitReader
+
+# data.loader (torch) is imported where it is used: --help answers at once.
 
 AHEAD_PER_WORKER = 4  # pieces requested ahead of the one being written, per worker
 
@@ -118,6 +122,8 @@ def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path
                     {**header, "index": index, "first_item": first_item, "end_item": item,
                      "documents": documents})
         index, first_item, pending = index + 1, item, []
+
+    from data.loader import UnitReader
 
     progress = tqdm(desc=split, unit="unit", initial=next_item, total=len(items), disable=None)
     reader = UnitReader(source, source.units(split), tokenizer, workers)
