@@ -17,9 +17,10 @@ Sections:
   over the bytes of the text column; then the requests before the first batch of 8 ranks x 2
   workers (rank 0 lists and reads the held-out rows, the others get the listing, as
   `make_loaders` does).
-- `decode`: parquet rows decoded over rows handed to lanes, for one epoch of single-row-group
-  files (small ones, and big ones read in pieces with fewer files than rows), 10-row-group files
-  and FineWeb's layout (one process, so that one counter sees every read).
+- `decode`: parquet rows decoded over rows handed to lanes (16 rows per step), until every lane
+  has read one unit whole, for single-row-group files (small ones, and big ones read in pieces
+  with fewer files than rows, so lanes share them), 10-row-group files and FineWeb's layout (one
+  process, so that one counter sees every read).
 - `rows`: a 1 MB single-document .txt at the tiny preset's 32 rows x 128 bytes and at the 1b
   preset's 288 rows x 1,024 GPT-2 tokens: the share of rows with a break (an <|endoftext|> after
   their first token) and the median longest unbroken stretch per row.
@@ -186,6 +187,14 @@ def drain(loader, block_size: int) -> None:
             pass
 
 
+def one_round(loader) -> None:
+    """Until every lane has read its first unit whole: with fewer units than lanes, lanes
+    share units (at different starting places), as training does."""
+    loader.next_batch()
+    while any(lane.k < 1 for lane in loader.lanes):
+        loader.next_batch()
+
+
 def hub_rows(workers: int = 2) -> list[dict]:
     import pickle
 
@@ -253,7 +262,7 @@ def decode_rows() -> list[dict]:
 
     tokenizer = get_tokenizer("bytes")
     layouts = [("1 row group per file, 8 small files", 8, 2000, 1, 60),
-               ("1 row group per file, 4 files of ~24 MB (3 pieces each), 16 rows", 4, 60_000,
+               ("1 row group per file, 4 files of ~25 MB (4 pieces each), 16 rows", 4, 60_000,
                 1, 60),
                ("10 row groups per file, 8 files", 8, 2000, 10, 60),
                ("FineWeb layout: 1,000 documents per row group, 4 files", 4, 10_000, 10, 60)]
@@ -264,8 +273,8 @@ def decode_rows() -> list[dict]:
             write_layout(path, files, documents, row_groups, words)
             source = get_source(str(path))
             sources.READ_STATS.clear()
-            loader = StreamingLoader(source, tokenizer, 128, 16, split="all", repeat=False)
-            drain(loader, 128)
+            loader = StreamingLoader(source, tokenizer, 128, 16, split="all")
+            one_round(loader)
             loader.close()
             stats = sources.READ_STATS
             rows.append({"layout": name, "units": len(source.units("all")),
