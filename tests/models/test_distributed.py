@@ -97,7 +97,12 @@ def run_case(d: Distributed, mode: str, compile_model: bool, dtype: torch.dtype)
                            ctx, 1.0, d)
             per_step.append(counter.calls[before:])
     state = distributed.full_state(raw, None, mode == "fsdp")[0]
-    return {"per_step": per_step, "state": state}
+    storages = None
+    if mode == "ddp":  # where one more backward leaves the gradients
+        x, y = micro_batches(global_batch(0), d.rank)[0]
+        model(x, y).backward()
+        storages = len({p.grad.untyped_storage().data_ptr() for p in raw.parameters()})
+    return {"per_step": per_step, "state": state, "grad_storages": storages}
 
 
 def worker(rank: int, port: int, out: str) -> None:
@@ -130,6 +135,7 @@ def two_ranks(tmp_path_factory):
     return torch.load(out, weights_only=False)
 
 
+@pytest.fixture(scope="module")
 def one_process() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = GPT(CONFIG)
@@ -156,11 +162,18 @@ def test_one_gradient_reduction_per_optimizer_step(two_ranks, mode, compile_mode
 
 
 @pytest.mark.parametrize("mode,compile_model", CASES)
-def test_weights_equal_one_process_at_the_same_global_batch(two_ranks, mode, compile_model):
-    reference = one_process()
+def test_weights_equal_one_process_at_the_same_global_batch(two_ranks, one_process, mode,
+                                                            compile_model):
+    reference = one_process
     ours = two_ranks[(mode, compile_model)]["state"]
     for name, value in reference.items():
         torch.testing.assert_close(ours[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_ddp_gradients_are_views_of_its_buckets_not_a_second_copy(two_ranks):
+    # the tiny model's gradients fit one bucket: one storage for all of them
+    assert two_ranks[("ddp", False)]["grad_storages"] == 1
+    assert two_ranks[("ddp", True)]["grad_storages"] == 1
 
 
 def test_fsdp_under_bf16_gathers_bf16_weights_and_reduces_fp32_gradients(two_ranks):
