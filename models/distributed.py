@@ -79,8 +79,9 @@ def wrap(model: GPT, d: Distributed, device: torch.device, fsdp: bool,
     compiled on its own, before sharding: its hooks (all-gather, reduce-scatter) run between the
     blocks' graphs; embeddings, final norm and loss run eagerly."""
     if fsdp and d.enabled:
-        for block in model.blocks if backend else ():
-            block.compile(backend=backend)
+        if backend:  # before sharding, as torchtitan does
+            for block in model.blocks:
+                block.compile(backend=backend)
         return shard(model, dtype)
     if d.enabled:
         # gradient_as_bucket_view: the gradients live in DDP's buckets instead of beside them (a
@@ -106,9 +107,9 @@ def bucket_megabytes(model: torch.nn.Module) -> float:
     """DDP's bucket size: an eighth of the gradients (at least DDP's default 25 MB). Under
     torch.compile each bucket boundary splits the graph (Dynamo's DDPOptimizer), so that a
     bucket's all-reduce runs while the backward of the rest goes on: the default 25 MB cuts the
-    1b preset's 4.2 GB of gradients into ~170 buckets and its graph into as many pieces. Eight
-    keep the graph in a few large pieces, and leave only the last eighth's all-reduce after the
-    backward (~0.5 GB for 1b: ~2 ms over NVLink, ~12 ms over a 400 Gb/s network)."""
+    1b preset's 4.2 GB of gradients into 74 buckets and its graph into 74 pieces. Eight keep
+    the graph in a few large pieces, and leave only the last eighth's all-reduce after the
+    backward (~0.5 GB for 1b: ~2 ms over NVLink, ~20 ms over a 400 Gb/s network)."""
     grad_bytes = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
     return max(25.0, grad_bytes / DDP_PIECES / 2**20)
 

@@ -318,8 +318,8 @@ def is_lost_peer(err: BaseException) -> bool:
     text = str(err)
     return isinstance(err, torch.distributed.DistError) or any(
         phrase in text for phrase in ("Connection reset by peer", "Connection closed by peer",
-                                      "remote process exited", "Broken pipe", "Timed out",
-                                      "timed out"))
+                                      "remote process exited", "Broken pipe",
+                                      "Timed out waiting"))  # gloo's timeout
 
 
 def use_expandable_segments() -> None:
