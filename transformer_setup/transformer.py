@@ -355,8 +355,12 @@ class GPT(nn.Module):
 
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
                        dtype: torch.dtype | None = None) -> None:
-        """Give every attention layer a cache for batch_size sequences of up to max_len tokens."""
+        """Give every attention layer a cache for batch_size sequences of up to max_len tokens,
+        by default in the dtype keys and values come in: autocast's where it is on (an fp32
+        cache would be cast whole to bf16 at every decoded token)."""
         param = self.tok_emb.weight
+        if dtype is None and torch.is_autocast_enabled(param.device.type):
+            dtype = torch.get_autocast_dtype(param.device.type)
         max_len = max_len or self.config.block_size
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_kv_head, max_len,
