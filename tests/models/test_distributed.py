@@ -5,6 +5,7 @@ at the same global batch."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -26,6 +27,8 @@ CONFIG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=3
 # the same graphs); aot_eager only skips generating kernels, minutes on a 2-core CPU.
 BACKEND = "aot_eager"
 CASES = [("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True)]
+# FSDP2 compiles each block on its own: selective checkpointing must live inside those graphs
+SELECTIVE = dict(gradient_checkpointing=True, checkpoint_selective=True)
 
 
 def global_batch(step: int) -> torch.Tensor:
@@ -76,11 +79,12 @@ class Collectives:
             dist.reduce_scatter_single, dist.all_gather_single = originals
 
 
-def run_case(d: Distributed, mode: str, compile_model: bool, dtype: torch.dtype) -> dict:
+def run_case(d: Distributed, mode: str, compile_model: bool, dtype: torch.dtype,
+             **fields) -> dict:
     """STEPS optimizer steps through the trainer's wrap, compile and optimizer_step."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    raw = GPT(CONFIG)
+    raw = GPT(dataclasses.replace(CONFIG, **fields))
     model = distributed.wrap(raw, d, torch.device("cpu"), mode == "fsdp", dtype,
                              BACKEND if compile_model else None)
     counter = Collectives()
@@ -116,6 +120,7 @@ def worker(rank: int, port: int, out: str) -> None:
             results[(mode, compile_model)] = run_case(d, mode, compile_model, torch.float32)
             results[(mode, compile_model)]["seconds"] = time.perf_counter() - start
         results[("fsdp", "bf16")] = run_case(d, "fsdp", False, torch.bfloat16)
+        results[("fsdp", "selective")] = run_case(d, "fsdp", True, torch.float32, **SELECTIVE)
     finally:
         dist.destroy_process_group()
     if rank == 0:
@@ -161,7 +166,7 @@ def test_one_gradient_reduction_per_optimizer_step(two_ranks, mode, compile_mode
     print(f"{mode} compiled={compile_model}: {result['seconds']:.1f} s on rank 0")
 
 
-@pytest.mark.parametrize("mode,compile_model", CASES)
+@pytest.mark.parametrize("mode,compile_model", CASES + [("fsdp", "selective")])
 def test_weights_equal_one_process_at_the_same_global_batch(two_ranks, one_process, mode,
                                                             compile_model):
     reference = one_process
