@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from data.validation import validation_set
-from models.estimate import meta_model, training_memory, usable_memory
+from models.estimate import device_memory_bytes, meta_model, training_memory, usable_memory
 from scripts import gpu_suite
 from tokenization.tokenizer import byte_tokenizer
 
@@ -34,8 +34,13 @@ def card(request, monkeypatch):
     return name
 
 
+def card_bytes() -> float:
+    """What the environment section reports for the (simulated) card."""
+    return device_memory_bytes(torch.device("cuda"), 80)
+
+
 def test_the_plan_sizes_from_the_cards_reported_memory(card):
-    device_bytes = gpu_suite.card_bytes(smoke=False)
+    device_bytes = card_bytes()
     sections = {s.key: s for s in gpu_suite.plan(device_bytes, smoke=False)}
     config, recipe = gpu_suite.preset_config(smoke=False)
     n_params = meta_model(config).num_params()
@@ -50,11 +55,11 @@ def test_the_plan_sizes_from_the_cards_reported_memory(card):
     logits = peer * 1024 * config.padded_vocab_size * gpu_suite.PEER_LOGIT_BYTES
     assert 1 <= peer <= micro and ours.total - ours.logits + logits <= usable
     assert sections["ours_compiled"].params["micro_batch"] == peer  # ours alone, same size
-    assert list(sections)[:3] == ["environment", "shipped", "trainer"]
+    assert list(sections)[:2] == ["shipped", "trainer"]
 
 
 def test_the_trainer_sections_held_out_text_holds_its_validation_tokens(card, tmp_path):
-    params = gpu_suite.plan(gpu_suite.card_bytes(smoke=False), smoke=False)[2].params
+    params = gpu_suite.plan(card_bytes(), smoke=False)[1].params
     assert params["global_batch_tokens"] == CARDS[card][1] * 2 * 1024
     gpu_suite.write_text(tmp_path / "val.txt", params["val_bytes"], seed=1)
     val = validation_set("train.txt", str(tmp_path / "val.txt"), None, byte_tokenizer(), 1024,
@@ -94,7 +99,7 @@ def test_every_section_prints_a_row_and_the_suite_ends_with_its_table(capsys):
     assert by["dies"]["error"].startswith("the child died without a row (killed by signal 9)")
     assert by["child_exception"]["error"].startswith("KeyError")
     assert "error" not in by["after"]  # the suite went on
-    assert by["late"]["skipped"] == "the suite's budget (1000 s) is spent"
+    assert by["late"]["skipped"] == "the suite's --budget_s is spent"
     table = out[out.index("\nsection "):].splitlines()[2:]
     assert [line.split()[:2] for line in table] == [
         ["fine", "ok"], ["raises", "error"], ["hangs", "error"], ["dies", "error"],
