@@ -33,15 +33,35 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def bf16_native(device: torch.device) -> bool:
+    """bf16 in hardware: CUDA compute capability 8.0 (Ampere) and later. Older GPUs (V100, T4)
+    only emulate it, which torch.cuda.is_bf16_supported() counts as support."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPUs that support it, else fp16 on CUDA, else fp32."""
+    """`auto`: bf16 on GPUs that have it natively, else fp16 (with a gradient scaler) on CUDA,
+    else fp32. bf16 asked for on a GPU that would emulate it is a UserError."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if bf16_native(device) else torch.float16
         return torch.float32
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r} (use auto, bf16, fp16 or fp32)")
+    if name == "bf16" and device.type == "cuda" and not bf16_native(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UserError(f"this GPU (compute capability {major}.{minor}) only emulates bf16, "
+                        "many times slower; use --dtype fp16 (or auto)")
     return DTYPES[name]
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """fp32 matmuls on the tensor cores in TF32 (fp32 range, 10-bit mantissa) where the GPU
+    has them (compute capability 8.0+): several times the fp32 rate. True if on."""
+    if not bf16_native(device):  # the same generation brought TF32
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -55,20 +75,53 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s), from the vendors' data sheets, for MFU.
-PEAK_FLOPS = {
-    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
-    "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+# Dense (not sparse) tensor-core peaks in FLOP/s from NVIDIA's data sheets, for MFU, keyed on
+# the exact name torch.cuda.get_device_name returns and on the precision of the matmuls: "tf32"
+# scores fp32 runs (TF32 on: enable_tf32). A name not listed has no peak: MFU is "unknown"
+# rather than another card's figure. An H200 NVL that reports itself as plain "NVIDIA H200"
+# would be scored against the SXM part's peak.
+_HOPPER_SXM = {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12}
+_HOPPER_PCIE = {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12}
+_HOPPER_NVL = {"bf16": 835e12, "fp16": 835e12, "tf32": 417e12}
+_A100 = {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12}
+_V100_SXM = {"fp16": 125e12}  # no bf16 or TF32 in hardware
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "NVIDIA H100 80GB HBM3": _HOPPER_SXM,  # H100 SXM5
+    "NVIDIA H100 PCIe": _HOPPER_PCIE,
+    "NVIDIA H100 NVL": _HOPPER_NVL,
+    "NVIDIA H200": _HOPPER_SXM,
+    "NVIDIA H200 NVL": _HOPPER_NVL,
+    "NVIDIA H800": _HOPPER_SXM,
+    "NVIDIA GH200 480GB": _HOPPER_SXM,
+    "NVIDIA A100-SXM4-80GB": _A100,
+    "NVIDIA A100-SXM4-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100,
+    "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA B200": {"bf16": 2250e12, "fp16": 2250e12, "tf32": 1100e12},
+    "NVIDIA L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12},
+    "NVIDIA L40": {"bf16": 181e12, "fp16": 181e12, "tf32": 90.5e12},
+    "NVIDIA L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12},
+    "NVIDIA A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12},
+    "NVIDIA GeForce RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12},
+    "NVIDIA GeForce RTX 3090": {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12},
+    "Tesla V100-SXM2-16GB": _V100_SXM,
+    "Tesla V100-SXM2-32GB": _V100_SXM,
+    "Tesla T4": {"fp16": 65e12},
 }
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The GPU's dense bf16 peak, or None where unknown (CPUs, unlisted GPUs): no MFU then."""
+def peak_flops_of(name: str, dtype: torch.dtype) -> float | None:
+    """The dense peak of the GPU called `name` for matmuls in `dtype` (fp32: its TF32 rate),
+    or None where unknown."""
+    key = "tf32" if dtype == torch.float32 else dtype_name(dtype)
+    return PEAK_FLOPS.get(name, {}).get(key)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """This device's peak for dtype, or None (CPUs, unlisted GPUs, fp32 without TF32): no MFU
+    then."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_FLOPS.items():  # most specific names first
-        if key in name:
-            return flops
-    return None
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return None  # plain fp32 runs on the CUDA cores; their peak is not in the table
+    return peak_flops_of(torch.cuda.get_device_name(device), dtype)

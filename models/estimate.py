@@ -83,14 +83,32 @@ def training_memory(config: ModelConfig, n_params: int, micro_batch: int,
                           logits_bytes)
 
 
+# What a GPU's reported bytes hold besides what training_memory counts. Figures to check on a
+# real card (scripts/gpu_suite.py prints the context it measures): the CUDA context with its
+# loaded kernels and cuBLAS/cuBLASLt workspaces live outside PyTorch's allocator (~0.5-1 GiB on
+# an H100); NCCL's communication buffers come with a process group; the caching allocator rounds
+# blocks up and fragments (kept low by expandable segments, which the trainer turns on). DDP's
+# gradient buckets are the gradients themselves (gradient_as_bucket_view), so they add nothing.
+CUDA_CONTEXT_BYTES = 2**30
+NCCL_BYTES = 2**30
+FRAGMENTATION = 0.05  # of the rest
+
+
+def usable_memory(device_bytes: float, world_size: int = 1) -> float:
+    """Of a GPU's reported bytes (torch.cuda.get_device_properties().total_memory, e.g.
+    85.5e9 on an "80 GB" H100), what training_memory's estimate may fill."""
+    rest = device_bytes - CUDA_CONTEXT_BYTES - (NCCL_BYTES if world_size > 1 else 0)
+    return rest * (1 - FRAGMENTATION)
+
+
 def largest_micro_batch(config: ModelConfig, n_params: int, dtype: torch.dtype,
-                        memory_bytes: float, headroom: float = 0.9, limit: int = 4096,
+                        usable_bytes: float, limit: int = 4096,
                         divides: int | None = None) -> int:
-    """The largest micro-batch whose estimate fits in headroom x memory (0 if none does); with
+    """The largest micro-batch whose estimate fits in usable_bytes (0 if none does); with
     `divides`, only micro-batches that divide it (the rows of a process's global batch)."""
     best = 0
     for batch in range(1, (divides or limit) + 1):
-        if training_memory(config, n_params, batch, dtype).total > headroom * memory_bytes:
+        if training_memory(config, n_params, batch, dtype).total > usable_bytes:
             break
         if divides is None or divides % batch == 0:
             best = batch
@@ -98,7 +116,8 @@ def largest_micro_batch(config: ModelConfig, n_params: int, dtype: torch.dtype,
 
 
 def device_memory_bytes(device: torch.device, assumed_gb: float) -> float:
-    """The GPU's memory, or the size assumed for sizing a GPU run from a machine without one."""
+    """The GPU's reported memory, or the size assumed for sizing a GPU run from a machine
+    without one."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return assumed_gb * 1e9
@@ -106,8 +125,9 @@ def device_memory_bytes(device: torch.device, assumed_gb: float) -> float:
 
 def auto_micro_batch(config: ModelConfig, global_batch_tokens: int | None, world_size: int,
                      dtype: torch.dtype, memory_bytes: float) -> int:
-    """`--batch_size auto`: the largest micro-batch the estimate fits in memory, among those
-    that divide each process's share of the global batch (when one is fixed)."""
+    """`--batch_size auto`: the largest micro-batch the estimate fits in the usable part of
+    memory_bytes, among those that divide each process's share of the global batch (when one
+    is fixed)."""
     rows = None
     if global_batch_tokens is not None:
         per_process = config.block_size * world_size
@@ -116,7 +136,8 @@ def auto_micro_batch(config: ModelConfig, global_batch_tokens: int | None, world
                             f"block_size x processes = {per_process:,}")
         rows = global_batch_tokens // per_process
     n_params = meta_model(config).num_params()
-    best = largest_micro_batch(config, n_params, dtype, memory_bytes, divides=rows)
+    best = largest_micro_batch(config, n_params, dtype, usable_memory(memory_bytes, world_size),
+                               divides=rows)
     if best == 0:
         raise UserError(f"no micro-batch fits {memory_bytes / 1e9:.0f} GB by the memory "
                         "estimate; add --gradient_checkpointing (or --checkpoint_selective) or "

@@ -137,6 +137,7 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
         largest_micro_batch,
         meta_model,
         training_memory,
+        usable_memory,
     )
 
     tc = train_config
@@ -175,10 +176,12 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
                 "with full": dict(gradient_checkpointing=True, checkpoint_selective=False,
                                   checkpoint_every=1)}
     fits = []
+    usable = usable_memory(memory_bytes)
     for name, fields in policies.items():
         config = dataclasses.replace(model_config, **fields)
-        fits.append(f"{largest_micro_batch(config, n_params, dtype, memory_bytes)} {name}")
-    print(f"largest micro-batch for {memory_bytes / 1e9:g} GB (90% used): {', '.join(fits)}")
+        fits.append(f"{largest_micro_batch(config, n_params, dtype, usable)} {name}")
+    print(f"largest micro-batch for {memory_bytes / 1e9:g} GB ({usable / 1e9:.1f} GB usable: "
+          f"less the CUDA context and a fragmentation margin): {', '.join(fits)}")
     seconds_per_token = flops / (tc.gpu_tflops * 1e12 * tc.assumed_mfu)
     print(f"estimated speed on a {tc.gpu_tflops:g} TFLOP/s GPU at "
           f"{100 * tc.assumed_mfu:g}% MFU: {1 / seconds_per_token:,.0f} tokens/s "

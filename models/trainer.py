@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
@@ -38,7 +39,14 @@ from data.validation import (
 )
 from models import distributed
 from models.checkpoint import CheckpointError, copy_atomically, load_checkpoint, save_checkpoint
-from models.device import autocast, dtype_name, peak_flops, resolve_device, resolve_dtype
+from models.device import (
+    autocast,
+    dtype_name,
+    enable_tf32,
+    peak_flops,
+    resolve_device,
+    resolve_dtype,
+)
 from models.distributed import Distributed
 from models.estimate import auto_micro_batch, device_memory_bytes
 from models.generate import generate_ids
@@ -288,17 +296,27 @@ def weights_finite(model: torch.nn.Module, d: Distributed, device: torch.device)
 
 
 def is_lost_peer(err: BaseException) -> bool:
-    """A collective failed because another process of the run is gone."""
+    """A collective failed because another process of the run is gone or stuck."""
     text = str(err)
     return isinstance(err, torch.distributed.DistError) or any(
         phrase in text for phrase in ("Connection reset by peer", "Connection closed by peer",
-                                      "remote process exited", "Broken pipe"))
+                                      "remote process exited", "Broken pipe",
+                                      "Timed out waiting"))  # gloo's timeout
+
+
+def use_expandable_segments() -> None:
+    """Let PyTorch's CUDA allocator grow segments in place instead of caching fixed blocks:
+    little fragmentation, which the micro-batch sizing counts on. Set before CUDA starts; a
+    setting of the user's own is kept."""
+    if not any(name in os.environ for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
 def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> dict[str, float]:
     """Train, owning OUT_DIR (rank 0 holds its lock) for the whole run."""
+    use_expandable_segments()
     device = resolve_device(tc.device)
-    d, device = distributed.setup(device)
+    d, device = distributed.setup(device, tc.collective_timeout_s)
     lock, clean = None, False
     try:
         out_dir = Path(tc.out_dir)
@@ -320,14 +338,19 @@ def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> d
         return result
     except Exception as err:
         if d.enabled and is_lost_peer(err):
-            first = str(err).strip().splitlines()[0][:160] if str(err) else type(err).__name__
-            raise TrainingError(f"rank {d.rank}: another process of this run stopped "
-                                f"({first}); stopping too") from None
+            raise TrainingError(distributed.peer_failure(d, err)) from None
+        distributed.report_failure(d, err)  # for the others to name this rank
         raise
     finally:
         if lock is not None:
             lock.release()
         distributed.teardown(d, clean)
+
+
+def compile_backend(tc: TrainConfig, device: torch.device) -> str | None:
+    """torch.compile's backend for the run, or None (eager): --compile, by default on CUDA."""
+    return "inductor" if (tc.compile if tc.compile is not None else device.type == "cuda") \
+        else None
 
 
 @dataclass
@@ -362,6 +385,7 @@ class Run:
         if tc.fsdp and not d.enabled:
             raise UserError("--fsdp shards across processes: start the run with torchrun")
         self.dtype = resolve_dtype(tc.dtype, device)
+        enable_tf32(device)
         self.ctx = autocast(device, self.dtype)
         auto_batch = tc.batch_size is None
         if auto_batch:
@@ -389,7 +413,8 @@ class Run:
         elif ckpt is None and tc.init_from:  # weights to start from; the rest starts fresh
             self.raw_model.load_state_dict(load_checkpoint(tc.init_from)["model"])
             self.log(f"initialised from {tc.init_from}")
-        self.model = distributed.wrap(self.raw_model, d, device, tc.fsdp)
+        self.model = distributed.wrap(self.raw_model, d, device, tc.fsdp, self.dtype,
+                                      compile_backend(tc, device))
         self.optimizer = make_optimizer(self.raw_model, tc, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         saved_revision = ckpt["data"].get("revision") if ckpt is not None else None
@@ -399,8 +424,6 @@ class Run:
         torch.manual_seed(tc.seed + d.rank)  # dropout differs across ranks
         if ckpt is not None:
             self.restore(ckpt, changes)
-        if tc.compile if tc.compile is not None else device.type == "cuda":
-            self.model = torch.compile(self.model)
         self.byte_lengths = torch.tensor(tokenizer.token_byte_lengths())
         self.tokens_per_step = (tc.batch_size * self.accumulation * model_config.block_size
                                 * d.world_size)
@@ -545,6 +568,7 @@ class Run:
             if p.step == 0:  # where the curve starts: the untrained model's loss
                 self.evaluate_and_sample(writer)
             self.model.train()
+            meter.restart()  # the first step's time: compilation and warm-up, not evaluation
             while p.step < tc.max_iters:
                 lr = learning_rate_at(p.step, tc)
                 result = self.one_step(lr)
@@ -641,7 +665,7 @@ class Run:
     def utilization(self, tokens_per_sec: float) -> tuple[float, float] | None:
         """(MFU, HFU) on GPUs of known peak: model FLOPs, and those plus what recomputation
         does again, per second over the peak of all processes' GPUs."""
-        peak = peak_flops(self.device)
+        peak = peak_flops(self.device, self.dtype)
         if not peak or tokens_per_sec <= 0:
             return None
         model_flops = self.raw_model.flops_per_token()
@@ -664,6 +688,8 @@ class Run:
             mfu, hfu = utilization
             line += f" | MFU {100 * mfu:.1f}% | HFU {100 * hfu:.1f}%"
             postfix["MFU"] = f"{100 * mfu:.1f}%"
+        elif meter.steps and self.device.type == "cuda":  # no data-sheet peak for this GPU
+            line += " | MFU unknown"
         self.log(line)
         bar.set_postfix(postfix)
         if writer:
@@ -690,7 +716,8 @@ class Run:
             writer.add_scalar("val/bpb", val_bpb, p.step)
         if tc.sample_tokens:  # on every rank: under FSDP each forward is collective
             generator = torch.Generator(device=self.device).manual_seed(tc.seed)
-            with self.ctx:
+            # Eager: a compiled block (FSDP) would recompile for every position decoded.
+            with self.ctx, torch.compiler.set_stance("force_eager"):
                 ids = generate_ids(self.raw_model, [self.tokenizer.eot_id], tc.sample_tokens,
                                    temperature=0.8, top_k=200, generator=generator,
                                    n_vocab=self.tokenizer.n_vocab)[0]
@@ -704,19 +731,21 @@ class Throughput:
     """Tokens per second over the steps since the last restart (evaluation and saving left
     out, by restarting after them)."""
 
+    clock = staticmethod(time.perf_counter)
+
     def __init__(self, tokens_per_step: int) -> None:
         self.tokens_per_step = tokens_per_step
         self.restart()
 
     def restart(self) -> None:
-        self.start, self.steps = time.perf_counter(), 0
+        self.start, self.steps = self.clock(), 0
 
     def count(self) -> None:
         self.steps += 1
 
     def read(self) -> tuple[float, float]:
         """(tokens per second, milliseconds per step); zeros before the first counted step."""
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(self.clock() - self.start, 1e-9)
         if not self.steps:
             return 0.0, 0.0
         return self.tokens_per_step * self.steps / elapsed, 1000 * elapsed / self.steps

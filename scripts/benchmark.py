@@ -115,7 +115,7 @@ def train_rows(preset: str, n_layer: int | None, batch_size: int, block_size: in
             best[name] = min(best[name], (time.perf_counter() - start) / steps)
     tokens = batch_size * config.block_size
     flops = meta_model(config).flops_per_token()
-    peak = peak_flops(device)
+    peak = peak_flops(device, dtype)
     ours_rate, theirs_rate = tokens / best["ours"], tokens / best["transformers Llama"]
     return [{"section": "train", "name": "ours vs transformers Llama",
              "shape": f"{preset}, {config.n_layer} layers, batch {batch_size} x "

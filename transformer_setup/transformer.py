@@ -173,14 +173,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, checkpointed: bool = False) -> None:
         super().__init__()
         self.attn_norm = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
+        self.checkpointed = checkpointed  # recomputed in backward (gradient checkpointing)
+        self.selective = config.checkpoint_selective
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                start: int) -> torch.Tensor:
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            # Keep the block's input (and, selective, its matmul outputs); recompute the rest
+            # of its insides during backward. Inside the block, so that a block compiled on
+            # its own (under FSDP) holds its checkpoint too.
+            return checkpoint(self.compute, x, cos, sin, start, use_reentrant=False,
+                              **selective_checkpointing(self.selective))
+        return self.compute(x, cos, sin, start)
+
+    def compute(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
                 start: int) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, start)
         return x + self.mlp(self.mlp_norm(x))
@@ -208,14 +220,22 @@ def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 SAVED_OPS = _saved_ops()
 
 
-def selective_checkpointing(enabled: bool) -> dict:
-    """checkpoint()'s extra arguments: torch's selective policy keeping SAVED_OPS' outputs."""
-    if not enabled:
-        return {}
+def _selective_arguments() -> dict:
+    """checkpoint()'s extra arguments for torch's selective policy keeping SAVED_OPS' outputs.
+    Decided once, at import: inside a compiled forward, `inspect.signature` is a graph break
+    that makes Dynamo skip the whole frame (nothing compiled)."""
     extra = {"context_fn": functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)}
     if "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters:
         extra["respect_saved_tensors_hooks"] = True  # what it keeps is seen like the rest
     return extra
+
+
+SELECTIVE = _selective_arguments()
+
+
+def selective_checkpointing(enabled: bool) -> dict:
+    """checkpoint()'s extra arguments: SELECTIVE, or none for plain recomputation."""
+    return SELECTIVE if enabled else {}
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -258,7 +278,9 @@ class GPT(nn.Module):
         self.pos_emb = Embedding(config.block_size, config.n_embd) \
             if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(  # with gradient checkpointing: every k-th block
+            Block(config, config.gradient_checkpointing and i % config.checkpoint_every == 0)
+            for i in range(config.n_layer))
         self.norm_f = make_norm(config)
         # A tied head reuses the embedding matrix in forward rather than sharing a Parameter,
         # which stays correct through meta-device init, FSDP sharding and state dicts.
@@ -319,16 +341,8 @@ class GPT(nn.Module):
         cos = sin = None
         if self.config.pos_emb == "rope":
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        recompute = self.config.gradient_checkpointing and self.training and \
-            torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
-            if recompute and i % self.config.checkpoint_every == 0:
-                # Keep the block's input (and, selective, its matmul outputs); recompute the
-                # rest of its insides during backward.
-                x = checkpoint(block, x, cos, sin, start, use_reentrant=False,
-                               **selective_checkpointing(self.config.checkpoint_selective))
-            else:
-                x = block(x, cos, sin, start)
+        for block in self.blocks:
+            x = block(x, cos, sin, start)
         x = self.norm_f(x)
         head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         if targets is not None and targets.numel() > LOSS_CHUNK_TOKENS:
@@ -344,8 +358,12 @@ class GPT(nn.Module):
 
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
                        dtype: torch.dtype | None = None) -> None:
-        """Give every attention layer a cache for batch_size sequences of up to max_len tokens."""
+        """Give every attention layer a cache for batch_size sequences of up to max_len tokens,
+        by default in the dtype keys and values come in: autocast's where it is on (an fp32
+        cache would be cast whole to bf16 at every decoded token)."""
         param = self.tok_emb.weight
+        if dtype is None and torch.is_autocast_enabled(param.device.type):
+            dtype = torch.get_autocast_dtype(param.device.type)
         max_len = max_len or self.config.block_size
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_kv_head, max_len,

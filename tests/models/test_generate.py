@@ -41,6 +41,22 @@ def test_greedy_with_kv_cache_equals_greedy_without():
         assert cached == greedy_without_cache(model, prompt, 8)
 
 
+def test_under_autocast_the_kv_cache_holds_autocast_dtype_and_decodes_the_same():
+    """Keys and values come out of bf16 matmuls: an fp32 cache was cast whole to bf16 at
+    every decoded token. In bf16 the cache is used as stored, with the same tokens."""
+    model = small_model()
+    prompt = [3, 14, 15, 9, 2, 6]
+    with torch.autocast("cpu", torch.bfloat16):
+        model.setup_kv_cache(1)
+        assert model.blocks[0].attn.kv_cache.k.dtype == torch.bfloat16
+        model.clear_kv_cache()
+        cached = generate_ids(model, prompt, 8, temperature=0)[0]
+        reference = greedy_without_cache(model, prompt, 8)
+    assert cached == reference
+    model.setup_kv_cache(1)  # no autocast: the weights' dtype, as before
+    assert model.blocks[0].attn.kv_cache.k.dtype == torch.float32
+
+
 def test_generation_continues_past_the_context_by_sliding():
     model = small_model()
     prompt = list(range(1, 12))
