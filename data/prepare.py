@@ -28,11 +28,14 @@ from data.shards import (
     FORMAT,
     SHARD_NAME,
     VERIFIED,
+    file_stamp,
     read_header,
+    read_verified,
     shard_path,
     token_dtype,
     write_meta,
     write_shard,
+    write_verified,
 )
 from data.sources import DataError, Source, add_source_arguments, get_source
 from tokenization.tokenizer import Tokenizer, get_tokenizer
@@ -76,8 +79,10 @@ def tokens_in_order(reader: UnitReader, items: list[tuple[int, int]], start: int
         yield pending.popleft().result()
 
 
-def completed_shards(folder: Path, split: str, key: str) -> tuple[int, int]:
-    """(shards already written, work items they hold): where an interrupted run resumes."""
+def completed_shards(folder: Path, split: str, key: str, units: str) -> tuple[int, int]:
+    """(shards already written, work items they hold): where an interrupted run resumes. Its
+    shards must hold this very list of units (a source that changed in between would mix two
+    listings, and could move held-out text into training)."""
     index, end_item = 0, 0
     while shard_path(folder, split, index).exists():
         header = read_header(shard_path(folder, split, index))
@@ -85,6 +90,10 @@ def completed_shards(folder: Path, split: str, key: str) -> tuple[int, int]:
             raise DataError(f"{folder} holds shards of another source, tokenizer or version of "
                             f"prepare.py ({header.get('tokenizer')}); choose another --out or "
                             "pass --overwrite")
+        if header.get("units") != units:
+            raise DataError(f"{folder}: the source's {split} units changed since these shards "
+                            "were written (files added, removed or rewritten); pass --overwrite "
+                            "to prepare it again")
         index, end_item = index + 1, header["end_item"]
     return index, end_item
 
@@ -100,17 +109,19 @@ def prepared_revision(folder: Path) -> str | None:
 def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path,
                   shard_tokens: int, workers: int, key: str = "") -> dict[str, Any]:
     """Write one split's shards (resuming after the last complete one); return its totals."""
+    units = source.fingerprint(split)
     done_marker = folder / f".{split}.complete"
     if done_marker.exists():
         totals = json.loads(done_marker.read_text())
-        if totals.get("identity") == key:
+        if totals.get("identity") == key and totals.get("fingerprint") == units:
             return totals
-        raise DataError(f"{folder} holds finished {split} shards of another source or "
-                        "tokenizer; choose another --out or pass --overwrite")
+        raise DataError(f"{folder} holds finished {split} shards of another source, tokenizer "
+                        "or listing of it (files added or changed?); choose another --out or "
+                        "pass --overwrite")
     items = work_items(source, split)
-    index, next_item = completed_shards(folder, split, key)
+    index, next_item = completed_shards(folder, split, key, units)
     header = {"tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint(),
-              "identity": key, "split": split, "revision": source.revision}
+              "identity": key, "split": split, "revision": source.revision, "units": units}
     pending: list[np.ndarray] = []
     first_item = item = next_item
 
@@ -147,7 +158,13 @@ def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path
     headers = [read_header(shard_path(folder, split, i)) for i in range(index)]
     records = [{k: h[k] for k in ("tokens", "max_id", "crc32")} for h in headers]
     totals = {"shards": index, "documents": sum(h["documents"] for h in headers),
-              "tokens": sum(r["tokens"] for r in records), "records": records, "identity": key}
+              "tokens": sum(r["tokens"] for r in records), "records": records, "identity": key,
+              "fingerprint": units}
+    verified = read_verified(folder)  # their checksums were just computed: no re-check later
+    verified.update({shard_path(folder, split, i).name: file_stamp(shard_path(folder, split, i),
+                                                                   record)
+                     for i, record in enumerate(records)})
+    write_verified(folder, verified)
     done_marker.write_text(json.dumps(totals))
     return totals
 

@@ -69,7 +69,9 @@ WHOLE_FILE_BYTES = 16 << 20  # a text file up to this size is read once to find 
 FIRST_WINDOW = 4 << 10  # a cut looks for the next line end from here, doubling the window
 TEXT_SEARCH = 1 << 20  # in a .txt, a cut with no line end this far moves to a character
 LIST_THREADS = 8  # footers and cuts read in parallel (each an HTTP request on the Hub)
-MAX_CURSORS = 64  # open row-group streams one process keeps (one per lane that needs one)
+# Open row-group streams one process keeps: one per lane reading a big row group (the 1b
+# preset on one GPU routes 144 lanes to each of 2 workers); each holds a file and ~1-2 MB.
+MAX_CURSORS = 1024
 HUB_RETRIES = 3  # tries after the first, HUB_RETRY_SECONDS x 1, 2, 4 apart
 HUB_RETRY_SECONDS = 2.0
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -116,6 +118,29 @@ def held_out(units: list[Unit]) -> set[int]:
         length = (r + 1) * count // runs - r * count // runs
         chosen.update(range(end - length, end))
     return chosen
+
+
+def split_held_out(units: list[Unit]) -> tuple[list[Unit], list[Unit]]:
+    """(train, val) units of a source without a validation split of its own. Where whole
+    units would hold out more than the documented share (a few big row groups), the first
+    pieces of one big row group in the middle of the source are held out instead."""
+    chosen = held_out(units)
+    train = [u for i, u in enumerate(units) if i not in chosen]
+    val = [u for i, u in enumerate(units) if i in chosen]
+    total = sum(u.nbytes for u in units)
+    limit = min(MAX_VAL_BYTES, total * VAL_PERCENT / 100)
+    big = [i for i, u in enumerate(units) if u.pieces > 1]
+    if big and (not val or sum(u.nbytes for u in val) > 2 * limit):
+        i = big[len(big) // 2]
+        unit = units[i]
+        count = int(limit // (unit.nbytes / unit.pieces))
+        if 0 < count < unit.pieces:
+            cut = unit.start + count * unit.piece_rows
+            share = unit.nbytes * count // unit.pieces
+            head = replace(unit, stop=cut, nbytes=share)
+            rest = replace(unit, start=cut, nbytes=unit.nbytes - share)
+            return units[:i] + [rest] + units[i + 1:], [head]
+    return train, val
 
 
 def merged(units: list[Unit], unit_bytes: int) -> list[Unit]:
@@ -321,8 +346,26 @@ class FileSource(Source):
     def local(self) -> bool:  # type: ignore[override]
         return not self.on_hub
 
-    def __getstate__(self) -> dict[str, Any]:  # the unit lists travel to worker processes too
-        return dict(self.__dict__)
+    def __getstate__(self) -> dict[str, Any]:
+        """The unit lists travel (rank 0 to the others); footers do not: each process reads
+        them once, from this machine's listing cache where it can (load_footers)."""
+        return {**self.__dict__, "_footers": {}}
+
+    def load_footers(self) -> FileSource:
+        """Every parquet file's footer in this process, before its workers fork (they inherit
+        them): from the machine's listing cache (a Hub source listed here), else read, in
+        parallel threads, once per file."""
+        paths = [f for fs in self.files.values() for f in fs if _kind(f) == "parquet"]
+        if self.on_hub and any(path not in self._footers for path in paths):
+            try:
+                cached = json.loads((self._cache_folder() / "units.json").read_text())["footers"]
+                self._footers.update({path: _read_footer(self._cache_folder() /
+                                                         f"footer-{i}.parquet")
+                                      for i, path in enumerate(cached) if path in paths})
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        _parallel(self._parquet_metadata, [p for p in paths if p not in self._footers])
+        return self
 
     def filesystem(self):
         if self.fs is None:
@@ -378,7 +421,7 @@ class FileSource(Source):
             lambda f: _reading(f, lambda: fs.size(f)), text)))
         text_bytes = sum(sizes.values()) + sum(
             self._text_bytes(m, rg) for m in metadata.values() for rg in range(m.num_row_groups))
-        slice_bytes = max(MIN_SLICE_BYTES, text_bytes // TARGET_UNITS)
+        slice_bytes = min(MAX_UNIT_BYTES, max(MIN_SLICE_BYTES, text_bytes // TARGET_UNITS))
         file_units = {f: self._row_group_units(f, metadata[f]) for f in parquet}
         file_units.update(zip(text, _parallel(
             lambda f: self._byte_range_units(f, sizes[f], slice_bytes), text)))
@@ -386,34 +429,54 @@ class FileSource(Source):
                     for split, files in self.files.items()}
         by_split["all"] = [u for s in ("train", "val", "test") for u in by_split.get(s, [])]
         if "val" not in by_split:  # "all" keeps the files' own order
-            train = by_split["train"]
-            val = held_out(train)
-            by_split["val"] = [u for i, u in enumerate(train) if i in val]
-            by_split["train"] = [u for i, u in enumerate(train) if i not in val]
+            by_split["train"], by_split["val"] = split_held_out(by_split["train"])
         unit_bytes = _unit_bytes(text_bytes)
         return {split: merged(units, unit_bytes) for split, units in by_split.items()}
 
     def _byte_range_units(self, path: str, size: int, slice_bytes: int) -> list[Unit]:
         """Ranges of about slice_bytes, each moved forward to start at a line (a jsonl cut
-        always does: rows are read whole, however long). A small file is read once for its
-        cuts; a big one reads a small window at each cut, in parallel."""
+        always does: rows are read whole, however long). Where the cuts are dense, the file is
+        read once; otherwise each cut reads a small window, in parallel, and the few cuts whose
+        window holds no line end are then searched in order, each starting where an earlier
+        search ended (a long row is scanned once, not once per cut inside it)."""
         whole_lines = _kind(path) == "json"
         nominal = list(range(slice_bytes, size, slice_bytes))
         if not nominal:
             return [Unit(path, -1, 0, size, nbytes=size)] if size else []
         fs = self.filesystem()
-        if size <= WHOLE_FILE_BYTES:
+        if 2 * len(nominal) * FIRST_WINDOW >= size:
             data = _reading(path, lambda: _read_range(fs, path, 0, size))
             found = [_line_start(lambda at, n: data[at:at + n], n, size, whole_lines)
                      for n in nominal]
         else:
-            def cut(n: int) -> int:
-                with _open(fs, path) as f:
-                    return _line_start(lambda at, k: _read_at(f, at, k), n, size, whole_lines)
-            found = _parallel(lambda n: _reading(f"{path} (cut at byte {n})",
-                                                 lambda: cut(n)), nominal)
+            found = self._cuts(path, size, nominal, whole_lines)
         cuts = [0] + sorted({c for c in found if 0 < c < size}) + [size]
         return [Unit(path, -1, a, b, nbytes=b - a) for a, b in zip(cuts, cuts[1:])]
+
+    def _cuts(self, path: str, size: int, nominal: list[int], whole_lines: bool) -> list[int]:
+        fs = self.filesystem()
+
+        def window(n: int) -> int | None:  # a line end within FIRST_WINDOW, or None
+            chunk = _read_range(fs, path, n - 1, min(size, n - 1 + FIRST_WINDOW))
+            newline = chunk.find(b"\n")
+            return n + newline if newline >= 0 else None
+
+        found = _parallel(lambda n: _reading(f"{path} (cut at byte {n})",
+                                             lambda: window(n)), nominal)
+        searched = 0  # every cut below this resolves to it: a long line already searched
+        for i, n in enumerate(nominal):
+            if found[i] is not None:
+                continue
+            if n <= searched:
+                found[i] = searched
+                continue
+
+            def search(n: int = n) -> int:
+                with _open(fs, path) as f:
+                    return _line_start(lambda at, k: _read_at(f, at, k), n, size, whole_lines)
+
+            found[i] = searched = _reading(f"{path} (cut at byte {n})", search)
+        return found
 
     def _parquet_metadata(self, path: str):
         """The file's footer (row groups, sizes), after checking it has the needed columns."""
@@ -500,7 +563,7 @@ class FileSource(Source):
     def _rows(self, unit: Unit, piece: int, columns: list[str] | None,
               stream: Any) -> list[dict[str, Any]]:
         if _kind(unit.path) == "parquet":
-            if unit.pieces == 1:
+            if unit.piece_rows == 0:  # a whole row group, read at once
                 return _read_row_group(self, unit, columns).to_pylist()
             return _read_piece(self, unit, piece, columns, stream).to_pylist()
         rows = []
@@ -634,18 +697,20 @@ def _read_row_group(source: FileSource, unit: Unit, columns: list[str] | None):
 
 
 class _Cursor:
-    """One row group of a parquet file, decoded as a stream of pieces (record batches of
-    piece_rows rows): reading pieces in order decodes each once, and memory holds one piece."""
+    """One row group of a parquet file, decoded as a stream of record batches of piece_rows
+    rows from its first row: reading pieces in order decodes each once, and memory holds one
+    piece. A unit starting at row `start` (a row group split for validation) is batches
+    start // piece_rows on."""
 
     def __init__(self, source: FileSource, unit: Unit, columns: list[str] | None) -> None:
-        self.unit, self.columns, self.next = unit, columns, 0
+        self.unit, self.columns, self.next = unit, columns, 0  # next: the next batch's index
         self.file = _open(source.filesystem(), unit.path)
         parquet = _parquet_file(source, self.file, unit.path, streaming=True)
         self.batches = parquet.iter_batches(batch_size=unit.piece_rows, row_groups=[unit.index],
                                             columns=columns, use_threads=False)
 
-    def read(self, piece: int):
-        while self.next <= piece:  # pieces before the one asked for are decoded and dropped
+    def read(self, batch_index: int):
+        while self.next <= batch_index:  # batches before the one asked for: decoded, dropped
             batch = next(self.batches)
             READ_STATS["decoded_rows"] += batch.num_rows
             self.next += 1
@@ -663,19 +728,20 @@ def _read_piece(source: FileSource, unit: Unit, piece: int, columns: list[str] |
     """Piece `piece` of a big row group, continuing `stream`'s decoding where it can (the
     next piece of the same unit), else decoding from the row group's start."""
     key = (source.label, stream)
+    wanted = unit.start // unit.piece_rows + piece
     cursor = _cursors.pop(key, None)
     if cursor is not None and (cursor.unit != unit or cursor.columns != columns or
-                               cursor.next > piece):
+                               cursor.next > wanted):
         cursor.close()
         cursor = None
     cursor = cursor or _Cursor(source, unit, columns)
     try:
-        batch = cursor.read(piece)
+        batch = cursor.read(wanted)
     except BaseException:
         cursor.close()
         raise
     READ_STATS["delivered_rows"] += batch.num_rows
-    if cursor.next < unit.pieces:
+    if piece + 1 < unit.pieces:
         _cursors[key] = cursor
         while len(_cursors) > MAX_CURSORS:
             _cursors.popitem(last=False)[1].close()
@@ -811,12 +877,17 @@ def split_revision(spec: str) -> tuple[str, str | None]:
 def get_source(spec: str, text_field: str = "text", data_config: str | None = None,
                min_int_score: int | None = None, revision: str | None = None) -> Source:
     """A source from a dataset name, a local path or glob, or a Hub dataset id (with an
-    optional @REVISION, or `revision`: what a resumed run was pinned to)."""
+    optional @REVISION: a commit, branch or tag). `revision`: the commit a resumed run reads
+    (a named revision must resolve to it)."""
     options = {"text_field": text_field, "min_int_score": min_int_score}
     name, named = split_revision(spec)
-    if named and revision and named != revision:
-        raise DataError(f"{spec!r} names revision {named!r} but {revision!r} was asked for")
-    revision = named or revision
+    if named and revision:  # resuming: the run's commit, and a named branch, tag or commit
+        commit = hub_revision(DATASETS.get(name, name), named)
+        if commit != revision:
+            raise DataError(f"cannot resume on {spec!r}: this run reads {name} at commit "
+                            f"{revision}, and {named!r} is commit {commit}; resume without "
+                            f"@{named}, or start a new run on the new revision")
+    revision = revision or named
     if name == "pydocs":
         return PydocsSource()
     if name == "fineweb-edu":

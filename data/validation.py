@@ -59,6 +59,7 @@ class Coverage:
     contents: dict[int, set[str]] = field(default_factory=dict)  # size -> content SHA-256s
     documents: frozenset[bytes] = frozenset()  # document_keys
     prepared_identity: dict[str, Any] | None = None  # --val_data is a prepared folder of this
+    prepared_val: str | None = None  # ... whose val shards hold the units of this fingerprint
 
     def holds(self, path: str, local: bool) -> bool:
         """Whether a file of --data is one of --val_data's: the same file, or (local) the same
@@ -110,18 +111,21 @@ def blocks(stream: np.ndarray, rows: int, block_size: int) -> np.ndarray:
 
 def prepared_rows(folder: str, tokenizer: Tokenizer, block_size: int, rows: int) -> np.ndarray:
     """The first `rows` rows of a prepared folder's val shards, in order."""
-    shards = read_prepared(folder, "val", tokenizer)
-    stream = np.concatenate([np.asarray(s) for s in shards]) if shards else np.zeros(0)
-    if len(stream) < rows * block_size + 1:
-        raise shortfall(f"{folder} (val shards)", len(stream), rows, block_size)
-    return blocks(stream, rows, block_size)
+    need, pieces = rows * block_size + 1, []
+    for shard in read_prepared(folder, "val", tokenizer):  # memory-mapped: read what is used
+        pieces.append(np.asarray(shard[:need - sum(map(len, pieces))]))
+        if sum(map(len, pieces)) >= need:
+            return blocks(np.concatenate(pieces), rows, block_size)
+    raise shortfall(f"{folder} (val shards)", sum(map(len, pieces)), rows, block_size)
 
 
 def validation_set(data: str, val_data: str | None, source: Source | None,
                    tokenizer: Tokenizer, block_size: int, val_tokens: int,
-                   source_options: dict[str, Any]) -> ValidationSet:
+                   source_options: dict[str, Any], revision: str | None = None
+                   ) -> ValidationSet:
     """The run's held-out rows. `source` is --data's source (None when --data is prepared):
-    without --val_data its val split is the held-out text."""
+    without --val_data its val split is the held-out text. `revision`: the Hub commit a
+    resumed run's --val_data was read at (kept, so that the set does not move)."""
     rows = validation_rows_count(val_tokens, block_size)
     identity = {"tokens": rows * block_size, "block_size": block_size,
                 "tokenizer": tokenizer.fingerprint()}
@@ -136,7 +140,7 @@ def validation_set(data: str, val_data: str | None, source: Source | None,
         identity["data"] = {"source": source.name, "split": "val",
                             "units": source.fingerprint("val"), "revision": source.revision}
         return ValidationSet(source_rows(source, "val", tokenizer, block_size, rows), identity)
-    val_source = get_source(val_data, **source_options)
+    val_source = get_source(val_data, **source_options, revision=revision)
     split = "val" if "val" in native_splits(val_source) else "all"
     identity["data"] = {"source": val_source.name, "split": split,
                         "units": val_source.fingerprint(split), "revision": val_source.revision}
@@ -199,11 +203,19 @@ def prepared_coverage(folder: str, tokenizer: Tokenizer) -> Coverage:
         for a, b in zip(starts, starts[1:]):
             if b > a + 1:
                 keys.add(document_key(tokenizer.decode(tokens[a + 1:b].tolist())))
-    return Coverage(folder, documents=frozenset(keys), prepared_identity=meta["identity"])
+    return Coverage(folder, documents=frozenset(keys), prepared_identity=meta["identity"],
+                    prepared_val=meta["splits"]["val"].get("fingerprint"))
 
 
 def without_validation(source: Source, covers: Coverage, data: str) -> Source:
-    """--data's source minus what --val_data covers: its files, then its documents."""
+    """--data's source minus what --val_data covers: its files, then its documents. A prepared
+    --val_data made from --data itself must hold the val split --data has now: a .txt unit's
+    text depends on where the listing cuts, so a changed listing could not be told apart."""
+    same_data = covers.prepared_identity and covers.prepared_identity.get("source") == data
+    if same_data and covers.prepared_val and covers.prepared_val != source.fingerprint("val"):
+        raise DataError(f"the held-out split of {data} has changed since {covers.spec} was "
+                        "prepared (files added or changed?): its validation shards could hold "
+                        "training text; prepare it again")
     if isinstance(source, FileSource):
         files = [f for fs in source.files.values() for f in fs]
         same = [f for f in files if covers.holds(f, local=not source.on_hub)]

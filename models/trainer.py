@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data.loader import PreparedLoader, StreamingLoader, merge_states
 from data.shards import is_prepared
-from data.sources import DataError, get_source, split_revision
+from data.sources import DATASETS, get_source, split_revision
 from data.validation import (
     ROWS_PER_EVAL_ITER,
     check_prepared_training,
@@ -167,53 +167,73 @@ def val_tokens(tc: TrainConfig, block_size: int) -> int:
     return tc.val_tokens or tc.eval_iters * ROWS_PER_EVAL_ITER * block_size
 
 
-def check_revision(spec: str, saved: str | None) -> None:
-    """A resumed run reads the Hub revision it started on; naming another is refused."""
-    named = split_revision(spec)[1]
-    if saved and named and named != saved:
-        raise DataError(f"cannot resume: this run read {split_revision(spec)[0]} at revision "
-                        f"{saved}, --data names {named}; resume without @REVISION (or "
-                        f"@{saved}), or start a new run on the new revision")
-
-
 def make_loaders(tc: TrainConfig, tokenizer: Tokenizer, block_size: int, accumulation: int,
                  device: torch.device, d: Distributed = SINGLE_PROCESS,
-                 revision: str | None = None):
+                 saved: dict[str, Any] | None = None):
     """The training loader (this rank's rows of every global batch) and the fixed validation
-    set. Rank 0 lists the source and reads the held-out text; the others receive both (one
-    listing per job). With --val_data, training reads the train split of --data without what
-    --val_data covers. `revision`: the Hub commit a resumed run started on."""
-    check_revision(tc.data, revision)
+    set. Rank 0 lists the source, reads the held-out text and takes out what --val_data covers;
+    the others receive the result (one listing per job) and read the footers they need once.
+    `saved`: a resumed run's checkpoint, whose Hub revisions are kept."""
     options = {"text_field": tc.text_field, "data_config": tc.data_config,
                "min_int_score": tc.min_int_score}
     prepared = is_prepared(tc.data)
+    revision, val_revision = saved_revisions(saved, tc)
 
     def read_on_main():
         source = None if prepared else get_source(tc.data, revision=revision, **options)
         val = validation_set(tc.data, tc.val_data, source, tokenizer, block_size,
-                             val_tokens(tc, block_size), options)
+                             val_tokens(tc, block_size), options, val_revision)
+        if prepared and val.covers:
+            check_prepared_training(tc.data, val.covers)
+        if source is not None and val.covers:
+            source = without_validation(source, val.covers, tc.data)
         return (source.listed() if source else None), val
 
     source, val = distributed.on_main(read_on_main, d)
     if prepared:
-        if val.covers:
-            check_prepared_training(tc.data, val.covers)
         train = PreparedLoader.from_folder(
             tc.data, "train", tokenizer, block_size, tc.batch_size, accumulation=accumulation,
             rank=d.rank, world_size=d.world_size, seed=tc.seed, device=device)
         return train, val, f"prepared shards in {tc.data}"
-    if val.covers:
-        source = without_validation(source, val.covers, tc.data)
+    if hasattr(source, "load_footers"):
+        source.load_footers()  # before the loader's workers fork: they inherit them
     train = StreamingLoader(source, tokenizer, block_size, tc.batch_size, "train", accumulation,
                             d.rank, d.world_size, tc.data_workers, tc.seed, device)
     description = (f"{source.name}, {len(train.units):,} units streamed into {train.rows} "
                    f"lanes ({tc.data_workers} worker processes)")
     if source.revision:
         description += f" at revision {source.revision}"
-    if len(train.units) < train.rows:
-        description += ("; fewer units than rows per step: lanes sharing a unit start at "
-                        "different places in it")
-    return train, val, description
+    return train, val, description + shared_units_note(train.units, train.rows, d.world_size)
+
+
+def saved_revisions(saved: dict[str, Any] | None, tc: TrainConfig
+                    ) -> tuple[str | None, str | None]:
+    """The Hub commits a resumed run read --data and --val_data at (None: not on the Hub, or a
+    new run)."""
+    if saved is None:
+        return None, None
+    data = saved.get("data", {}).get("revision")
+    val = saved.get("validation", {}).get("data", {})
+    name = split_revision(tc.val_data)[0] if tc.val_data else None
+    same_val = name is not None and val.get("source") == DATASETS.get(name, name)
+    return data, val.get("revision") if same_val else None
+
+
+def shared_units_note(units: list, rows: int, world_size: int) -> str:
+    """What fewer units than rows per step means, and its cost where units are big row groups
+    (a lane starting inside one decodes what comes before its start, at every start)."""
+    if len(units) >= rows:
+        return ""
+    note = ("; fewer units than rows per step: lanes sharing a unit start at different places "
+            "in it")
+    biggest = max(u.nbytes for u in units)
+    if max(u.pieces for u in units) > 1 and biggest > 1e9:
+        per_rank = rows / world_size * biggest * 0.5  # lanes start on average mid-unit
+        note += (f". warning: row groups of up to {biggest / 1e9:.1f} GB: each start and "
+                 f"resume decodes ~{per_rank / 1e9:.0f} GB per rank before the first batch; "
+                 "rewrite the files with row groups of ~100 MB (pyarrow's row_group_size), or "
+                 "prepare them with data/prepare.py")
+    return note
 
 
 # ----------------------------------------------------------------------------- the run
@@ -417,9 +437,8 @@ class Run:
                                       compile_backend(tc, device))
         self.optimizer = make_optimizer(self.raw_model, tc, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        saved_revision = ckpt["data"].get("revision") if ckpt is not None else None
         self.loader, self.validation, self.data_description = make_loaders(
-            tc, tokenizer, model_config.block_size, self.accumulation, device, d, saved_revision)
+            tc, tokenizer, model_config.block_size, self.accumulation, device, d, ckpt)
         self.val_rows = torch.from_numpy(self.validation.rows)
         torch.manual_seed(tc.seed + d.rank)  # dropout differs across ranks
         if ckpt is not None:

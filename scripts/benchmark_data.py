@@ -195,9 +195,15 @@ def one_round(loader) -> None:
         loader.next_batch()
 
 
-def hub_rows(workers: int = 2) -> list[dict]:
+def received(source):
+    """A source as another rank has it: unpickled from rank 0's broadcast, footers read from
+    this machine's listing cache (as make_loaders does)."""
     import pickle
 
+    return pickle.loads(pickle.dumps(source)).load_footers()
+
+
+def hub_rows(workers: int = 2) -> list[dict]:
     from data.validation import validation_set
     from tests.hub_server import HubServer, pointed_at
 
@@ -214,16 +220,15 @@ def hub_rows(workers: int = 2) -> list[dict]:
                 validation_set("fineweb-edu", None, source, tokenizer, 64, 4096, {})
                 listing = len(hub.requests)
                 for rank in range(8):  # the first batch of 8 ranks
-                    loader = StreamingLoader(pickle.loads(pickle.dumps(source)), tokenizer, 64,
-                                             2, rank=rank, world_size=8, workers=workers)
+                    loader = StreamingLoader(received(source), tokenizer, 64, 2, rank=rank,
+                                             world_size=8, workers=workers)
                     loader.next_batch()
                     loader.close()
                 first_batch = len(hub.requests)
                 hub.bytes_sent.clear()
                 for rank in range(2):  # one epoch of 2 ranks
-                    loader = StreamingLoader(pickle.loads(pickle.dumps(source)), tokenizer, 64,
-                                             8, rank=rank, world_size=2, workers=workers,
-                                             repeat=False)
+                    loader = StreamingLoader(received(source), tokenizer, 64, 8, rank=rank,
+                                             world_size=2, workers=workers, repeat=False)
                     drain(loader, 64)
                     loader.close()
                 needed = text_column_bytes(repo, source.units("train"))

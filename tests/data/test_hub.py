@@ -197,7 +197,7 @@ def test_a_job_starts_with_one_listing_and_no_footer_per_rank(hub):
     sizes = {p.relative_to(hub.repo).as_posix(): p.stat().st_size
              for p in hub.repo.rglob("*.parquet")}
     for rank in range(8):
-        copy = pickle.loads(pickle.dumps(source))  # what broadcast_object_list sends
+        copy = pickle.loads(pickle.dumps(source)).load_footers()  # as make_loaders
         loader = StreamingLoader(copy, tok, block_size=64, batch_size=2, rank=rank,
                                  world_size=8, workers=2)
         loader.next_batch()
@@ -241,6 +241,13 @@ def test_the_hub_revision_is_pinned_for_the_run_and_a_new_one_is_refused(tmp_pat
         named = run_script("models/gpt.py", *run[:3], f"org/corpus@{first_sha}", *run[4:],
                            "--max_iters", "6", "--resume", cwd=tmp_path, env=env)
         assert named.returncode == 0, named.stderr
+        run[3] = "org/corpus@main"  # a branch: resolved to its commit, then compared
+        branch_run = [*run[:-1], str(tmp_path / "on-main")]
+        started = run_script("models/gpt.py", *branch_run, cwd=tmp_path, env=env)
+        assert started.returncode == 0 and second_sha in started.stdout, started.stderr
+        again = run_script("models/gpt.py", *branch_run, "--max_iters", "4", "--resume",
+                           cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr
 
 
 def test_row_groups_below_min_int_score_are_never_fetched(tmp_path, monkeypatch):

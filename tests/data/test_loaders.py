@@ -505,6 +505,9 @@ def test_shards_are_checksummed_once(tmp_path, monkeypatch):
     calls = []
     real = shards.checksum
     monkeypatch.setattr(shards, "checksum", lambda data: calls.append(1) or real(data))
+    read_prepared(tmp_path / "out", "train", tok)  # prepare.py recorded the checksums
+    assert not calls
+    (tmp_path / "out" / ".verified.json").unlink()  # a folder copied elsewhere: checked once
     first = read_prepared(tmp_path / "out", "train", tok)
     assert len(calls) == len(first)
     calls.clear()
@@ -530,3 +533,35 @@ def test_a_missing_shard_is_one_line(tmp_path):
     (tmp_path / "out" / "train_000002.bin").unlink()
     with pytest.raises(DataError, match="train_000002.bin is missing"):
         read_prepared(tmp_path / "out", "train", byte_tokenizer())
+
+
+def test_prepare_restarted_on_a_changed_source_is_refused(tmp_path, monkeypatch):
+    numbered_corpus(tmp_path / "src", n=60)
+    with interrupted(monkeypatch, after=4):  # 1 val shard, 3 of 6 train shards
+        run_prepare(tmp_path / "src", tmp_path / "out")
+    (tmp_path / "src" / "0060.txt").write_text("<60> a file added in between " * 20)
+    with pytest.raises(DataError, match="units changed since|listing of it \\(files added"):
+        run_prepare(tmp_path / "src", tmp_path / "out")
+    run_prepare(tmp_path / "src", tmp_path / "out", "--overwrite")  # the way out it names
+
+
+def interrupted(monkeypatch, after: int):
+    """prepare.py stopped (KeyboardInterrupt) after `after` shards; a context manager."""
+    import contextlib
+
+    real, written = prepare_module.write_shard, []
+
+    def write(path, tokens, header):
+        if len(written) == after:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, tokens, header)
+
+    @contextlib.contextmanager
+    def stopped():
+        monkeypatch.setattr(prepare_module, "write_shard", write)
+        with pytest.raises(KeyboardInterrupt):
+            yield
+        monkeypatch.setattr(prepare_module, "write_shard", real)
+
+    return stopped()

@@ -234,3 +234,28 @@ def test_the_pydocs_cache_equals_a_fresh_parse(tmp_path, monkeypatch):
         assert pydocs.pydocs_documents() == first == pydocs._build_documents()
     finally:
         pydocs.pydocs_documents.cache_clear()
+
+
+def test_units_never_exceed_the_largest_a_lane_should_hold(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "TARGET_UNITS", 4)  # as a 40 GB source would with 4,096
+    monkeypatch.setattr(sources, "MAX_UNIT_BYTES", 64 << 10)
+    (tmp_path / "big.txt").write_text("".join(f"line {i} of many\n" for i in range(120_000)))
+    units = get_source(str(tmp_path / "big.txt")).units("all")
+    assert len(units) > 20 and max(u.stop - u.start for u in units) <= (64 << 10) + 100
+
+
+def test_listing_reads_little_of_files_with_few_cuts_and_long_rows_once(tmp_path, monkeypatch):
+    read = []
+    real = sources._read_range
+    monkeypatch.setattr(sources, "_read_range",
+                        lambda fs, path, a, b: read.append(b - a) or real(fs, path, a, b))
+    real_at = sources._read_at
+    monkeypatch.setattr(sources, "_read_at", lambda f, a, n: read.append(n) or real_at(f, a, n))
+    monkeypatch.setattr(sources, "TARGET_UNITS", 64)  # sparse cuts: ~94 KB apart
+    rows = [f"row {i} " + "z" * 3000 for i in range(1000)]
+    rows.insert(500, "the long row " + "y" * 3_000_000)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    units = get_source(str(path)).units("all")
+    assert len(units) > 30 and sum(read) < 2 * path.stat().st_size  # not once per cut
+    assert sorted(d for u in units for d in get_source(str(path)).read(u)) == sorted(rows)

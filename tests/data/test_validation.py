@@ -173,3 +173,39 @@ def test_prepared_training_shards_refuse_their_own_source_as_val_data(tmp_path):
                 val_tokens=1024)
     meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
     assert meta["splits"]["val"]["tokens"] > 0
+
+
+def test_a_few_big_row_groups_hold_out_pieces_not_a_whole_group(tmp_path, monkeypatch):
+    from data import sources
+    for f in range(3):  # three single-row-group files, 10 pieces each
+        rows = [f"Row {f}-{i} describes the tide tables of a small harbour." for i in range(2000)]
+        pq.write_table(pa.table({"text": rows}), tmp_path / f"{f}.parquet")
+    monkeypatch.setattr(sources, "PIECE_BYTES", 12 << 10)
+    monkeypatch.setattr(sources, "MAX_VAL_BYTES", 12 << 10)
+    source = get_source(str(tmp_path / "*.parquet"))
+    val, train = source.units("val"), source.units("train")
+    assert len(val) == 1 and val[0].start == 0 and 0 < val[0].stop < 2000  # first pieces only
+    assert sum(u.nbytes for u in val) < 0.06 * sum(u.nbytes for u in source.units("all"))
+    held = list(source.documents("val"))
+    trained = [d for u in train for j in range(u.pieces) for d in source.read(u, j)]
+    assert not set(held) & set(trained) and len(held) + len(trained) == 6000
+
+
+def test_huge_shared_row_groups_say_what_each_start_costs():
+    from data.sources import Unit
+    from models.trainer import shared_units_note
+    huge = [Unit(f"{i}.parquet", 0, 0, 10**6, 2000, 3_500_000_000) for i in range(14)]
+    note = shared_units_note(huge, 288, 8)
+    assert "row groups of up to 3.5 GB" in note and "data/prepare.py" in note
+    assert shared_units_note(huge, 8, 1) == ""  # as many units as rows: nothing shared
+
+
+def test_a_resumed_run_keeps_the_revisions_it_read():
+    from models.trainer import saved_revisions
+    _, tc = build_configs("tiny", {"val_data": "org/heldout"})
+    saved = {"data": {"revision": "a" * 40},
+             "validation": {"data": {"source": "org/heldout", "split": "all",
+                                     "revision": "b" * 40}}}
+    assert saved_revisions(saved, tc) == ("a" * 40, "b" * 40)
+    _, other = build_configs("tiny", {"val_data": "org/other"})
+    assert saved_revisions(saved, other) == ("a" * 40, None)  # another set: read it anew
