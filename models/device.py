@@ -67,8 +67,13 @@ def peak_flops(device: torch.device) -> float | None:
     """The GPU's dense bf16 peak, or None where unknown (CPUs, unlisted GPUs): no MFU then."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(name: str) -> float | None:
+    """The dense bf16 peak of the GPU a name describes (a device name such as "NVIDIA H100 80GB
+    HBM3", or a key of PEAK_FLOPS such as "h100"), or None if the table has none."""
     for key, flops in PEAK_FLOPS.items():  # most specific names first
-        if key in name:
+        if key.lower() in name.lower():
             return flops
     return None
