@@ -76,7 +76,7 @@ STEP = re.compile(r"^step (\d+)/(\d+) \| loss ([\d.naif]+) \| lr ([\d.e+-]+) \| 
                   r"([\d.naif]+)(?: \| ([\d,]+) tok/s \| (\d+) ms/step)?"
                   r"(?: \| MFU ([\d.]+)% \| HFU ([\d.]+)%)?")
 EVAL = re.compile(r"^step (\d+): val loss ([\d.naif]+) \| val bits/byte ([\d.naif]+)"
-                  r"(?: \| hellaswag acc_norm ([\d.]+) \(([\d,]+) examples\))?")
+                  r"(?: \| hellaswag acc_norm ([\d.]+) \(([\d,]+) examples, ([\d.]+) s\))?")
 RUN = re.compile(r"^run: started (\S+ \S+) \| commit (.+?) \| command: (.*)$")
 DEVICE = re.compile(r"^device: (\S+) x (\d+) process\(es\), dtype (\w+), ([\d,]+) tokens per step")
 RESUMED = re.compile(r"^resumed from (.+?) at step (\d+)")
@@ -142,7 +142,8 @@ def read_log(path: Path) -> Record:
             last_eval = int(m[1])
             values = {"val_loss": number(m[2]), "val_bpb": number(m[3])}
             if m[4] is not None:
-                values.update(hellaswag=number(m[4]), hellaswag_examples=number(m[5]))
+                values.update(hellaswag=number(m[4]), hellaswag_examples=number(m[5]),
+                              hellaswag_seconds=number(m[6]))
             record.evals[last_eval] = values
         elif line.startswith("sample: ") and last_eval is not None:
             try:
@@ -484,7 +485,7 @@ def data_section(record: Record, f: Facts, latest: dict[str, Any] | None) -> lis
     return ["## Data", ""] + items(rows)
 
 
-def evaluation_section(record: Record) -> list[str]:
+def evaluation_section(record: Record, wall: float | None) -> list[str]:
     if not record.evals:
         return ["## Evaluations", "", "None yet.", ""]
     hellaswag = any("hellaswag" in e for e in record.evals.values())
@@ -502,6 +503,10 @@ def evaluation_section(record: Record) -> list[str]:
     if record.hellaswag:
         lines += [f"HellaSwag: {record.hellaswag}; scored as lm-evaluation-harness scores it "
                   "(evaluation/hellaswag_scoring.py).", ""]
+    if hellaswag and wall:
+        spent = sum(e.get("hellaswag_seconds", 0.0) for e in record.evals.values())
+        lines += [f"HellaSwag took {spent:,.1f} s over {len(rows)} evaluations: "
+                  f"{100 * spent / wall:.2f}% of the wall time.", ""]
     elif not hellaswag:
         lines += ["Downstream scores: off (`--eval_hellaswag N` scores HellaSwag at each "
                   "evaluation).", ""]
@@ -545,10 +550,10 @@ def write_report(out_dir: str | Path) -> Path:
     infos, latest = checkpoints(out_dir)
     f = facts(record, out_dir, latest)
     plotted = plot(record, out_dir / PLOT)
-    lines = summary(record, f, plotted, out_dir) + run_section(record) + \
-        hardware_section(record) + data_section(record, f, latest) + \
-        evaluation_section(record) + samples_section(record) + checkpoint_section(infos) + \
-        warnings_section(record)
+    lines = [*summary(record, f, plotted, out_dir), *run_section(record),
+             *hardware_section(record), *data_section(record, f, latest),
+             *evaluation_section(record, f.wall), *samples_section(record),
+             *checkpoint_section(infos), *warnings_section(record)]
     path = out_dir / REPORT
     tmp = path.with_name(f".{REPORT}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")

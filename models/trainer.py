@@ -744,11 +744,12 @@ class Run:
         line = f"step {p.step}: val loss {val_loss:.4f} | val bits/byte {val_bpb:.4f}"
         scalars = {"val/loss": val_loss, "val/bpb": val_bpb}
         if self.hellaswag:  # on every rank: under FSDP each forward is collective
+            start = time.perf_counter()
             scalars["val/hellaswag_acc"], scalars["val/hellaswag_acc_norm"] = hellaswag_accuracy(
                 self.raw_model, self.tokenizer, self.hellaswag, tc.batch_size, self.ctx,
                 self.device, self.d)
             line += (f" | hellaswag acc_norm {scalars['val/hellaswag_acc_norm']:.4f} "
-                     f"({len(self.hellaswag):,} examples)")
+                     f"({len(self.hellaswag):,} examples, {time.perf_counter() - start:.1f} s)")
         self.log(line)
         if writer:
             for tag, value in scalars.items():
