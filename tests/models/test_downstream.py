@@ -92,3 +92,17 @@ def test_an_unreadable_source_is_one_line_and_training_goes_on(tmp_path):
     assert mentions == [f"warning: --eval_hellaswag is off for this run: file not found: "
                         f"{tmp_path / 'missing.jsonl'}"]
     assert "step 2: val loss" in log and "done: 2 steps" in log
+
+
+def test_resume_may_turn_it_on_and_lists_the_change(hellaswag_file, tmp_path):
+    common = ["--preset", "tiny", "--block_size", "32", "--batch_size", "4",
+              "--accumulation_steps", "1", "--eval_interval", "2", "--eval_iters", "1",
+              "--sample_tokens", "0", "--data_workers", "0", "--out_dir", str(tmp_path / "run")]
+    first = run_script("models/gpt.py", *common, "--max_iters", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_script("models/gpt.py", *common, "--resume", "--max_iters", "4",
+                         "--eval_hellaswag", "7", "--hellaswag_data", str(hellaswag_file),
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "  eval_hellaswag: 0 -> 7" in resumed.stdout
+    assert sorted(logged(tmp_path / "run")) == [4]
