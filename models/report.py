@@ -76,7 +76,7 @@ STEP = re.compile(r"^step (\d+)/(\d+) \| loss ([\d.naif]+) \| lr ([\d.e+-]+) \| 
                   r"([\d.naif]+)(?: \| ([\d,]+) tok/s \| (\d+) ms/step)?"
                   r"(?: \| MFU ([\d.]+)% \| HFU ([\d.]+)%)?")
 EVAL = re.compile(r"^step (\d+): val loss ([\d.naif]+) \| val bits/byte ([\d.naif]+)"
-                  r"(?: \| hellaswag acc_norm ([\d.]+) \(([\d,]+) examples, ([\d.]+) s\))?")
+                  r"(?: \| hellaswag acc_norm ([\d.]+) \(([\d,]+) examples(?:, ([\d.]+) s)?\))?")
 RUN = re.compile(r"^run: started (\S+ \S+) \| commit (.+?) \| command: (.*)$")
 DEVICE = re.compile(r"^device: (\S+) x (\d+) process\(es\), dtype (\w+), ([\d,]+) tokens per step")
 RESUMED = re.compile(r"^resumed from (.+?) at step (\d+)")
@@ -220,8 +220,11 @@ def changes_from_preset(preset: str, model: dict[str, Any], training: dict[str, 
         return []
     base_model, base_train = build_configs(preset)
     base = {**vars(base_model), **vars(base_train)}
+    from models.resume import ONE_INVOCATION
+
+    how_it_was_started = {"resume", *ONE_INVOCATION}  # not a value of the run
     return [(k, base[k], v) for k, v in {**model, **training}.items()
-            if k in base and base[k] != v]
+            if k in base and base[k] != v and k not in how_it_was_started]
 
 
 def session_seconds(record: Record, out_dir: Path) -> list[float | None]:
@@ -444,7 +447,7 @@ def run_section(record: Record) -> list[str]:
         what = "started" if i == 0 else f"resumed at step {s.resumed_at:,}" \
             if s.resumed_at is not None else "started again"
         when = s.started.strftime(TIME_FORMAT) if s.started else "time unknown"
-        lines += [f"{what.capitalize()} {when}, commit `{s.commit}`:", "", "```bash",
+        lines += [f"{what.capitalize()} on {when}, commit `{s.commit}`:", "", "```bash",
                   s.command, "```", ""]
     first = record.sessions[0] if record.sessions else Session()
     preset = preset_of(first.command)
@@ -503,9 +506,12 @@ def evaluation_section(record: Record, wall: float | None) -> list[str]:
     if record.hellaswag:
         lines += [f"HellaSwag: {record.hellaswag}; scored as lm-evaluation-harness scores it "
                   "(evaluation/hellaswag_scoring.py).", ""]
-    if hellaswag and wall:
-        spent = sum(e.get("hellaswag_seconds", 0.0) for e in record.evals.values())
-        lines += [f"HellaSwag took {spent:,.1f} s over {len(rows)} evaluations: "
+    if any(e.get("hellaswag_seconds") is not None for e in record.evals.values()) and wall:
+        timed = [e["hellaswag_seconds"] for e in record.evals.values()
+                 if e.get("hellaswag_seconds") is not None]
+        spent = sum(timed)
+        lines += [f"HellaSwag took {spent:,.1f} s over {len(timed)} evaluation"
+                  f"{'s' if len(timed) > 1 else ''}: "
                   f"{100 * spent / wall:.2f}% of the wall time.", ""]
     elif not hellaswag:
         lines += ["Downstream scores: off (`--eval_hellaswag N` scores HellaSwag at each "

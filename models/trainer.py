@@ -168,10 +168,16 @@ def hellaswag_examples(tc: TrainConfig, d: Distributed, log) -> list[Example]:
     them). Where they cannot be read, one logged line, and training goes on without them."""
     if not tc.eval_hellaswag:
         return []
-    try:
-        examples = distributed.on_main(lambda: load_examples(tc.hellaswag_data), d)
-    except (UserError, OSError) as err:
-        log(f"warning: --eval_hellaswag is off for this run: {err}")
+
+    def read() -> tuple[list[Example], str | None]:  # every rank gets the same answer
+        try:
+            return load_examples(tc.hellaswag_data), None
+        except (UserError, OSError) as err:
+            return [], str(err)
+
+    examples, problem = distributed.on_main(read, d)
+    if problem is not None:
+        log(f"warning: --eval_hellaswag is off for this run: {problem}")
         return []
     chosen = spread(examples, tc.eval_hellaswag)
     log(f"hellaswag: {len(chosen):,} of the {len(examples):,} examples of {tc.hellaswag_data} "
