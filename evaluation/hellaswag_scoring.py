@@ -96,9 +96,14 @@ def read_rows(data: str) -> Iterator[dict]:
                     except json.JSONDecodeError:
                         raise UserError(f"{data}:{number} is not JSON") from None
         return
-    from data.sources import hub_source
+    from data.sources import DataError, hub_source
 
-    yield from hub_source(HUB_ID if data == "hellaswag" else data, text_field=None).rows("val")
+    try:
+        source = hub_source(HUB_ID if data == "hellaswag" else data, text_field=None)
+    except DataError as err:  # its advice is for training data: give this file's instead
+        raise UserError(f"{str(err).split('; ')[0]}; a local copy of the validation split in "
+                        "HellaSwag's format (hellaswag_val.jsonl) reads offline") from None
+    yield from source.rows("val")
 
 
 def load_examples(data: str = "hellaswag", limit: int | None = None) -> list[Example]:

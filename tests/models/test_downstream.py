@@ -3,6 +3,7 @@ the same examples and weights, the same at 1 and 2 processes (DDP and FSDP), in 
 beside the loss; an unreadable source is one line and training goes on."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -78,19 +79,24 @@ def test_the_same_scores_at_1_and_2_processes(mode, hellaswag_file, tmp_path):
     assert sorted(scores) == [0, 2] and scores == logged(tmp_path / "single")
 
 
-def test_an_unreadable_source_is_one_line_and_training_goes_on(tmp_path):
+@pytest.mark.parametrize("source", ["missing file", "unreachable Hub"])
+def test_an_unreadable_source_is_one_line_and_training_goes_on(source, tmp_path):
+    data, env = str(tmp_path / "missing.jsonl"), None
+    if source == "unreachable Hub":
+        data, env = "hellaswag", {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
     result = run_script("models/gpt.py", "--preset", "tiny", "--block_size", "32",
                         "--batch_size", "4", "--accumulation_steps", "1", "--max_iters", "2",
                         "--eval_interval", "2", "--eval_iters", "1", "--sample_tokens", "0",
                         "--data_workers", "0", "--eval_hellaswag", "10", "--hellaswag_data",
-                        str(tmp_path / "missing.jsonl"), "--out_dir", str(tmp_path / "run"),
-                        cwd=tmp_path)
+                        data, "--out_dir", str(tmp_path / "run"), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "run" / "train.log").read_text()
     mentions = [line for line in log.splitlines() if "hellaswag" in line.lower()
                 and not line.startswith(("training: ", "run: "))]
-    assert mentions == [f"warning: --eval_hellaswag is off for this run: file not found: "
-                        f"{tmp_path / 'missing.jsonl'}"]
+    expected = f"file not found: {data}" if source == "missing file" else \
+        "cannot reach dataset 'Rowan/hellaswag' on the Hugging Face Hub"
+    assert len(mentions) == 1 and mentions[0].startswith(
+        f"warning: --eval_hellaswag is off for this run: {expected}")
     assert "step 2: val loss" in log and "done: 2 steps" in log
 
 
