@@ -50,10 +50,19 @@ def commit() -> str:
     return f"{sha} (with uncommitted changes)" if changed else sha
 
 
+def command_line() -> str:
+    """This process's command, as torchrun's when torchrun started it."""
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), int(os.environ.get("WORLD_SIZE", "1"))
+    if local and world > 1:  # torchrun sets these; the per-node count gives the node count
+        launcher = ["torchrun", "--nnodes", str(world // int(local)), "--nproc_per_node", local]
+        return shlex.join([*launcher, *sys.argv])
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
 def run_line() -> str:
     """When, from which commit and with which command this invocation started."""
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    return f"run: started {time.strftime(TIME_FORMAT)} | commit {commit()} | command: {command}"
+    return (f"run: started {time.strftime(TIME_FORMAT)} | commit {commit()} | command: "
+            f"{command_line()}")
 
 
 def hardware_line(device: torch.device, world_size: int) -> str:

@@ -77,6 +77,8 @@ def test_the_same_scores_at_1_and_2_processes(mode, hellaswag_file, tmp_path):
     assert result.returncode == 0, result.stderr
     scores = logged(tmp_path / mode)
     assert sorted(scores) == [0, 2] and scores == logged(tmp_path / "single")
+    log = (tmp_path / mode / "train.log").read_text()  # the report's command is torchrun's
+    assert re.search(r"^run: .* \| command: torchrun --nnodes 1 --nproc_per_node 2 ", log, re.M)
 
 
 @pytest.mark.parametrize("source", ["missing file", "unreachable Hub"])
