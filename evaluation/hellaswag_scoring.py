@@ -120,8 +120,8 @@ def load_examples(data: str = "hellaswag", limit: int | None = None) -> list[Exa
 
 def spread(examples: Sequence[Example], n: int) -> list[Example]:
     """n of the examples spread evenly over them, in order (all of them if there are no more):
-    a fixed subset that samples every part of the split (HellaSwag's validation file is not
-    shuffled), the same every time it is asked for."""
+    a fixed subset that samples every part of the split, whatever its order, the same every
+    time it is asked for."""
     if n >= len(examples):
         return list(examples)
     return [examples[i * len(examples) // n] for i in range(n)]
