@@ -480,6 +480,17 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def epochs_read(state: dict[str, Any]) -> float | None:
+    """Passes over the training split a saved data state has made: units read to their end over
+    the split's units (streamed), or blocks taken over blocks (prepared); None where the state
+    does not say (prepared states saved before they recorded their blocks)."""
+    if state.get("kind") == "lanes" and state.get("units"):
+        return sum(k for k, _, _ in state["lanes"].values()) / state["units"]
+    if state.get("kind") == "prepared" and state.get("blocks"):
+        return state["position"] / state["blocks"]
+    return None
+
+
 # ----------------------------------------------------------------------------- prepared shards
 
 class PreparedLoader:
@@ -530,7 +541,8 @@ class PreparedLoader:
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "prepared", "rows": self.rows, "block_size": self.block_size,
                 "seed": self.seed, "fingerprint": self._fingerprint(),
-                "epoch": self.position // self.blocks, "position": self.position}
+                "epoch": self.position // self.blocks, "position": self.position,
+                "blocks": self.blocks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "prepared":

@@ -125,3 +125,20 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return None  # plain fp32 runs on the CUDA cores; their peak is not in the table
     return peak_flops_of(torch.cuda.get_device_name(device), dtype)
+
+
+# --gpu_type of the dry run's planner: short names for the table's devices.
+GPU_TYPES = {"H100": "NVIDIA H100 80GB HBM3", "H100-PCIe": "NVIDIA H100 PCIe",
+             "H100-NVL": "NVIDIA H100 NVL", "H200": "NVIDIA H200", "H200-NVL": "NVIDIA H200 NVL",
+             "H800": "NVIDIA H800", "GH200": "NVIDIA GH200 480GB",
+             "A100": "NVIDIA A100-SXM4-80GB", "A100-40GB": "NVIDIA A100-SXM4-40GB",
+             "A100-PCIe": "NVIDIA A100 80GB PCIe", "B200": "NVIDIA B200", "L40S": "NVIDIA L40S",
+             "L40": "NVIDIA L40", "L4": "NVIDIA L4", "A10": "NVIDIA A10",
+             "RTX4090": "NVIDIA GeForce RTX 4090", "RTX3090": "NVIDIA GeForce RTX 3090"}
+
+
+def planned_peak_flops(gpu_type: str) -> float | None:
+    """The bf16 peak of a GPU named for planning (a GPU_TYPES short name, any case, or a
+    device name as torch reports it), or None if unknown."""
+    names = {key.lower(): name for key, name in GPU_TYPES.items()}
+    return peak_flops_of(names.get(gpu_type.lower(), gpu_type), torch.bfloat16)

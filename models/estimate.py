@@ -169,3 +169,40 @@ def duration(seconds: float) -> str:
         if seconds >= 2 * size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.1f} s"
+
+
+# ----------------------------------------------------------------------------- planning a run
+
+COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022 (Chinchilla): about 20
+
+
+@dataclass
+class Plan:
+    """Time, tokens and money of a run on `gpus` GPUs computing at `mfu` of their peak, from the
+    training FLOPs per token the trainer's MFU uses (GPT.flops_per_token), with the GPUs assumed
+    to scale perfectly (communication not modelled)."""
+
+    gpus: int
+    peak_flops: float  # per GPU, dense bf16
+    mfu: float
+    flops_per_token: int
+    n_params: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.gpus * self.peak_flops * self.mfu / self.flops_per_token
+
+    def tokens_in(self, hours: float) -> float:
+        return self.tokens_per_second * hours * 3600
+
+    def hours_for(self, tokens: float) -> float:
+        return tokens / self.tokens_per_second / 3600
+
+    def tokens_per_parameter(self, tokens: float) -> float:
+        return tokens / self.n_params
+
+    def gpu_hours(self, hours: float) -> float:
+        return self.gpus * hours
+
+    def cost(self, hours: float, price_per_gpu_hour: float) -> float:
+        return self.gpu_hours(hours) * price_per_gpu_hour

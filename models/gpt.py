@@ -16,12 +16,22 @@ named.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
-from transformer_setup.cli import ArgumentParser, UserError, add_dataclass_arguments, run_main
+from transformer_setup.cli import (
+    ArgumentParser,
+    UserError,
+    add_dataclass_arguments,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from transformer_setup.params import (
+    DEFAULT_PRESET,
     PRESETS,
     RUNTIME_FIELDS,
     ModelConfig,
@@ -35,7 +45,6 @@ if TYPE_CHECKING:
 
     from tokenization.tokenizer import Tokenizer
 
-DEFAULT_PRESET = "1b"  # a bare `python models/gpt.py` is the flagship run, as in the seed
 SLOW_STEP_SECONDS = 60.0  # an estimated optimizer step longer than this on the device found
 # (not named with --device) stops the run before it reads data
 
@@ -43,12 +52,37 @@ SLOW_STEP_SECONDS = 60.0  # an estimated optimizer step longer than this on the 
 # parsed: `--help` and a mistyped flag answer at once instead of after seconds of imports.
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[str | None, dict[str, Any]]:
+PLAN_OPTIONS = ("gpus", "gpu_type", "hours", "tokens", "price_per_gpu_hour")
+
+
+def parse_args(argv: list[str] | None = None
+               ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """(the preset named, the config fields given, the dry run's planning options given)."""
     first = ArgumentParser(add_help=False)
     first.add_argument("--preset", choices=list(PRESETS))
     preset = first.parse_known_args(argv)[0].preset  # its values become the defaults shown
     overrides = vars(make_parser(preset).parse_args(argv))
-    return overrides.pop("preset", None), overrides
+    plan = {k: overrides.pop(k) for k in PLAN_OPTIONS if k in overrides}
+    if plan and not overrides.get("dry_run"):
+        raise UserError(f"--{' --'.join(plan)} plan a run: add --dry_run")
+    return overrides.pop("preset", None), overrides, plan
+
+
+def add_plan_arguments(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "planning a run (with --dry_run): time, tokens and cost at --assumed_mfu")
+    suppress = {"default": argparse.SUPPRESS}
+    group.add_argument("--gpus", type=positive_int, metavar="N", **suppress,
+                       help="GPUs the run uses (assumed to scale perfectly; default 1)")
+    group.add_argument("--gpu_type", metavar="NAME", **suppress,
+                       help="H100, H200, A100, L40S, ... (models/device.py's table): its "
+                            "dense bf16 peak replaces --gpu_tflops")
+    group.add_argument("--hours", type=positive_float, metavar="H", **suppress,
+                       help="the tokens reachable in this many hours, and per parameter")
+    group.add_argument("--tokens", type=positive_float, metavar="N", **suppress,
+                       help="the hours (and cost) to train on this many tokens, e.g. 2e10")
+    group.add_argument("--price_per_gpu_hour", type=nonnegative_float, metavar="USD",
+                       **suppress, help="the cost of the hours above at this price")
 
 
 def make_parser(preset: str | None = None) -> ArgumentParser:
@@ -68,6 +102,7 @@ def make_parser(preset: str | None = None) -> ArgumentParser:
                         "the flagship")
     add_dataclass_arguments(parser, ModelConfig, "model (ModelConfig)", shown)
     add_dataclass_arguments(parser, TrainConfig, "training (TrainConfig)", shown)
+    add_plan_arguments(parser)
     return parser
 
 
@@ -89,14 +124,15 @@ def step_layout(model_config: ModelConfig, tc: TrainConfig, dtype: torch.dtype,
     return batch, max(1, tc.global_batch_tokens // (batch * model_config.block_size * world_size))
 
 
-def machine_speed(device: torch.device) -> tuple[float, str] | None:
+def machine_speed(device: torch.device, dtype: torch.dtype) -> tuple[float, str] | None:
     """The peak FLOP/s of the device found, with words saying where the figure comes from:
-    a known GPU's data sheet, or a matmul timed on the CPU; None where neither is known."""
+    a known GPU's data sheet (for dtype), or a matmul timed on the CPU; None where neither is
+    known."""
     from models.device import peak_flops
     from models.estimate import matmul_flops_per_second
 
     if device.type == "cuda":
-        peak = peak_flops(device)
+        peak = peak_flops(device, dtype)
         return (peak, f"{peak / 1e12:g} TFLOP/s peak") if peak else None
     if device.type == "cpu":
         peak = matmul_flops_per_second(device)
@@ -112,11 +148,11 @@ def estimate_on_this_machine(model_config: ModelConfig, tc: TrainConfig, world_s
     from models.estimate import device_memory_bytes, duration, meta_model, seconds_per_step
 
     device = resolve_device(tc.device)
-    speed = machine_speed(device)
+    dtype = resolve_dtype(tc.dtype, device)
+    speed = machine_speed(device, dtype)
     if speed is None:
         return None
     peak, source = speed
-    dtype = resolve_dtype(tc.dtype, device)
     batch, accumulation = step_layout(model_config, tc, dtype,
                                       device_memory_bytes(device, tc.gpu_memory_gb), world_size)
     tokens = batch * accumulation * model_config.block_size  # this process's share
@@ -127,8 +163,10 @@ def estimate_on_this_machine(model_config: ModelConfig, tc: TrainConfig, world_s
                      f"{device.type} ({source}, at {100 * tc.assumed_mfu:g}% of it)")
 
 
-def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
-    """Print what the run would cost on one process, without allocating a single weight."""
+def dry_run(model_config: ModelConfig, train_config: TrainConfig,
+            plan_options: dict[str, Any] | None = None) -> None:
+    """Print what the run would cost on one process, without allocating a single weight; with
+    planning options (--gpus, --hours, ...), what the whole run would take."""
     import torch
 
     from models.device import dtype_name, resolve_device, resolve_dtype
@@ -141,6 +179,9 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
     )
 
     tc = train_config
+    if plan_options:  # --gpu_type's peak is the GPU sized for (refused before any output)
+        peak = plan_peak_flops(tc, plan_options.get("gpu_type"))
+        tc = dataclasses.replace(tc, gpu_tflops=peak / 1e12)
     model = meta_model(model_config)
     n_params = model.num_params()
     device = resolve_device(tc.device)
@@ -190,6 +231,70 @@ def dry_run(model_config: ModelConfig, train_config: TrainConfig) -> None:
     here = estimate_on_this_machine(model_config, tc)
     if here is not None and device.type != "cuda":
         print(f"on this machine: {here[1]}")
+    if plan_options is not None:
+        print_plan(model_config, tc, plan_options, n_params, flops, tokens * accumulation)
+
+
+def amount(x: float) -> str:
+    """1,234 or 12.3 or 0.0123: whole numbers from 100, else three significant digits."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def plan_peak_flops(tc: TrainConfig, gpu_type: str | None) -> float:
+    """One GPU's dense bf16 peak: --gpu_type's from the table, else --gpu_tflops."""
+    from models.device import GPU_TYPES, planned_peak_flops
+
+    if gpu_type is None:
+        return tc.gpu_tflops * 1e12
+    peak = planned_peak_flops(gpu_type)
+    if peak is None:
+        raise UserError(f"unknown --gpu_type {gpu_type!r}; known: {', '.join(GPU_TYPES)} "
+                        "(or give its dense bf16 peak with --gpu_tflops)")
+    return peak
+
+
+def print_plan(model_config: ModelConfig, tc: TrainConfig, options: dict[str, Any],
+               n_params: int, flops_per_token: int, tokens_per_step: int) -> None:
+    """The planner: tokens/s on the GPUs named at --assumed_mfu, the tokens reachable in
+    --hours (per parameter, beside the compute-optimal ~20), the hours for --tokens and for
+    this configuration, and what they cost at --price_per_gpu_hour."""
+    from models.estimate import COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER, Plan
+
+    gpus, gpu_type = options.get("gpus", 1), options.get("gpu_type")
+    peak = plan_peak_flops(tc, gpu_type)
+    plan = Plan(gpus, peak, tc.assumed_mfu, flops_per_token, n_params)
+    name = f"{gpu_type} ({peak / 1e12:g} TFLOP/s" if gpu_type else f"GPU ({peak / 1e12:g} TFLOP/s"
+    print(f"plan: {gpus} x {name} dense bf16 each) at {100 * tc.assumed_mfu:g}% MFU, assumed "
+          "(--assumed_mfu; scripts/gpu_suite.py measures it on a GPU), scaling perfectly "
+          "across GPUs:")
+    print(f"  {plan.tokens_per_second:,.0f} tokens/s = {gpus} x {peak / 1e12:g}e12 FLOP/s x "
+          f"{tc.assumed_mfu:g} / {flops_per_token:,} FLOPs per token")
+    optimal = COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER * n_params
+    budgets = []  # (what, hours)
+    if "hours" in options:
+        hours = options["hours"]
+        reached = plan.tokens_in(hours)
+        print(f"  in {hours:g} hours: {reached:,.0f} tokens = "
+              f"{plan.tokens_per_parameter(reached):.1f} tokens per parameter")
+        budgets.append((f"{hours:g} hours", hours))
+    if "tokens" in options:
+        hours = plan.hours_for(options["tokens"])
+        print(f"  {options['tokens']:,.0f} tokens (--tokens): {amount(hours)} hours, "
+              f"{amount(plan.gpu_hours(hours))} GPU-hours; "
+              f"{plan.tokens_per_parameter(options['tokens']):.1f} tokens per parameter")
+        budgets.append(("--tokens", hours))
+    run_tokens = tc.max_iters * tokens_per_step
+    hours = plan.hours_for(run_tokens)
+    print(f"  this configuration, max_iters {tc.max_iters:,} x {tokens_per_step:,} tokens = "
+          f"{run_tokens:,} tokens ({plan.tokens_per_parameter(run_tokens):.1f} per parameter):"
+          f" {amount(hours)} hours, {amount(plan.gpu_hours(hours))} GPU-hours")
+    budgets.append(("this configuration", hours))
+    print(f"  compute-optimal (Hoffmann et al. 2022): about {COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER}"
+          f" tokens per parameter, {optimal:,} tokens: {amount(plan.hours_for(optimal))} hours")
+    if "price_per_gpu_hour" in options:
+        price = options["price_per_gpu_hour"]
+        costs = ", ".join(f"{what} ${plan.cost(h, price):,.2f}" for what, h in budgets)
+        print(f"  cost at ${price:.2f} per GPU-hour: {costs}")
 
 
 def check_speed(model_config: ModelConfig, tc: TrainConfig) -> None:
@@ -227,7 +332,7 @@ def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig,
 
 
 def main(argv: list[str] | None = None) -> None:
-    named_preset, overrides = parse_args(argv)
+    named_preset, overrides, plan_options = parse_args(argv)
     preset = named_preset or DEFAULT_PRESET
     tokenizer = None
     if overrides.get("resume"):  # the checkpoint's configuration; the flags given change it
@@ -239,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model_config, train_config = build_configs(preset, overrides)
     if train_config.dry_run:
-        dry_run(model_config, train_config)
+        dry_run(model_config, train_config, plan_options or None)
         return
     if tokenizer is None and train_config.init_from:
         model_config, tokenizer = config_from_init(train_config.init_from, overrides)

@@ -37,6 +37,13 @@ from data.validation import (
     validation_set,
     without_validation,
 )
+from evaluation.hellaswag_scoring import (
+    Example,
+    fingerprint,
+    load_examples,
+    score_examples,
+    spread,
+)
 from models import distributed
 from models.checkpoint import CheckpointError, copy_atomically, load_checkpoint, save_checkpoint
 from models.device import (
@@ -57,6 +64,7 @@ from models.optim import (
     make_optimizer,
     set_learning_rate,
 )
+from models.report import hardware_line, run_line, write_report
 from models.resume import check_resumable, resume_summary
 from models.run_dir import RunLock, check_room, checkpoint_bytes
 from tokenization.tokenizer import Tokenizer
@@ -158,6 +166,57 @@ def evaluate(model: torch.nn.Module, rows: torch.Tensor, batch_size: int, ctx,
     model.train()
     nats, tokens, n_bytes = distributed.total(sums, d).tolist()
     return nats / tokens, nats / math.log(2) / max(n_bytes, 1.0)
+
+
+# ----------------------------------------------------------------------------- downstream
+
+def hellaswag_examples(tc: TrainConfig, d: Distributed, log) -> list[Example]:
+    """--eval_hellaswag's examples: tc.eval_hellaswag of the split, spread evenly over it, the
+    same ones every time and at any number of processes (rank 0 reads them, every rank gets
+    them). Where they cannot be read, one logged line, and training goes on without them."""
+    if not tc.eval_hellaswag:
+        return []
+
+    def read() -> tuple[list[Example], str | None]:  # every rank gets the same answer
+        try:
+            return load_examples(tc.hellaswag_data), None
+        except (UserError, OSError) as err:
+            return [], str(err)
+
+    examples, problem = distributed.on_main(read, d)
+    if problem is not None:
+        log(f"warning: --eval_hellaswag is off for this run: {problem}")
+        return []
+    chosen = spread(examples, tc.eval_hellaswag)
+    log(f"hellaswag: {len(chosen):,} of the {len(examples):,} examples of {tc.hellaswag_data} "
+        f"(spread evenly over it; fingerprint {fingerprint(chosen)}), acc_norm at each "
+        "evaluation")
+    return chosen
+
+
+def rank_examples(examples: list[Example], d: Distributed) -> tuple[list[Example], int]:
+    """This rank's share of the examples, and how many of them count: shares are padded (with
+    the first example, not counted) to one length, so that every rank makes the same number of
+    forward calls (FSDP's are collective)."""
+    per_rank = math.ceil(len(examples) / d.world_size)
+    mine = examples[d.rank * per_rank:(d.rank + 1) * per_rank]
+    return mine + [examples[0]] * (per_rank - len(mine)), len(mine)
+
+
+def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, examples: list[Example],
+                       batch_size: int, ctx, device: torch.device,
+                       d: Distributed = SINGLE_PROCESS) -> tuple[float, float]:
+    """(acc, acc_norm) over the examples, scored by evaluation/hellaswag_scoring.py (as
+    `evaluation/hellaswag.py` scores them), each rank its share. `model`: the GPT itself (FSDP's
+    sharded module, not a DDP or compiled wrapper)."""
+    share, counted = rank_examples(examples, d)
+    model.eval()
+    scored = score_examples(model, tokenizer, share, batch_size, ctx)[:counted]
+    model.train()
+    sums = torch.tensor([sum(s.acc for s in scored), sum(s.acc_norm for s in scored)],
+                        dtype=torch.float64, device=device)
+    acc, acc_norm = (distributed.total(sums, d) / len(examples)).tolist()
+    return acc, acc_norm
 
 
 # ----------------------------------------------------------------------------- data
@@ -583,6 +642,7 @@ class Run:
                    disable=None if d.is_main else True, dynamic_ncols=True)
         meter = Throughput(self.tokens_per_step)
         first_step = True
+        self.hellaswag = hellaswag_examples(tc, d, log)
         try:
             if p.step == 0:  # where the curve starts: the untrained model's loss
                 self.evaluate_and_sample(writer)
@@ -627,11 +687,14 @@ class Run:
         log(f"done: {p.step} steps ({p.skipped_steps} skipped), "
             f"{p.tokens_seen:,} tokens, best val loss {p.best_val_loss:.4f}; "
             f"{self.latest_path} holds step {p.saved_step}")
+        self.write_report()
         log.close()
         return {"best_val_loss": p.best_val_loss, "final_loss": p.last_loss, "step": p.step}
 
     def log_header(self) -> None:
         tc, d, log = self.tc, self.d, self.log
+        log(run_line())
+        log(hardware_line(self.device, d.world_size))
         log(f"model: {self.raw_model.num_params():,} parameters, {self.model_config}")
         log(f"training: {tc}")
         log(f"data: {self.data_description}; tokenizer {self.tokenizer.name} "
@@ -729,10 +792,19 @@ class Run:
         p, tc = self.progress, self.tc
         val_loss, val_bpb = evaluate(self.model, self.val_rows, self.tc.batch_size, self.ctx,
                                      self.byte_lengths, self.device, self.d)
-        self.log(f"step {p.step}: val loss {val_loss:.4f} | val bits/byte {val_bpb:.4f}")
+        line = f"step {p.step}: val loss {val_loss:.4f} | val bits/byte {val_bpb:.4f}"
+        scalars = {"val/loss": val_loss, "val/bpb": val_bpb}
+        if self.hellaswag:  # on every rank: under FSDP each forward is collective
+            start = time.perf_counter()
+            scalars["val/hellaswag_acc"], scalars["val/hellaswag_acc_norm"] = hellaswag_accuracy(
+                self.raw_model, self.tokenizer, self.hellaswag, tc.batch_size, self.ctx,
+                self.device, self.d)
+            line += (f" | hellaswag acc_norm {scalars['val/hellaswag_acc_norm']:.4f} "
+                     f"({len(self.hellaswag):,} examples, {time.perf_counter() - start:.1f} s)")
+        self.log(line)
         if writer:
-            writer.add_scalar("val/loss", val_loss, p.step)
-            writer.add_scalar("val/bpb", val_bpb, p.step)
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, p.step)
         if tc.sample_tokens:  # on every rank: under FSDP each forward is collective
             generator = torch.Generator(device=self.device).manual_seed(tc.seed)
             # Eager: a compiled block (FSDP) would recompile for every position decoded.
@@ -744,6 +816,18 @@ class Run:
         if val_loss < p.best_val_loss:
             p.best_val_loss = val_loss
             self.write(self.best_path, with_training_state=False)
+        self.write_report()
+
+    def write_report(self) -> None:
+        """OUT_DIR/report.md from the run's folder (rank 0). A report that cannot be written
+        is a logged warning: it never stops a run."""
+        if not self.d.is_main:
+            return
+        try:
+            write_report(self.out_dir)
+        except Exception as err:  # noqa: BLE001 (any failure of a side product)
+            self.log(f"warning: {self.out_dir / 'report.md'} not written ({type(err).__name__}:"
+                     f" {str(err).splitlines()[0][:160] if str(err) else ''})")
 
 
 class Throughput:

@@ -32,12 +32,13 @@ ENV_STARTED = "isolated environment started"  # the first line an isolated scrip
 
 
 def run_isolated(packages: list[str], script: Path, *args: str, cwd: Path,
-                 timeout: float = 600, env: dict[str, str] | None = None
-                 ) -> subprocess.CompletedProcess:
+                 timeout: float = 600, env: dict[str, str] | None = None,
+                 with_project: bool = False) -> subprocess.CompletedProcess:
     """Run a script in a throwaway environment holding only `packages` (and torch at the version
-    running here), built by `uv run --isolated` from the package registry and uv's cache. Skips
-    the calling test, with the reason, where uv is absent or the environment cannot be built
-    (no registry): the script prints ENV_STARTED first, so its own failures still fail."""
+    running here; with_project: this project too, editable, as `uv sync --extra ...` installs
+    it), built by `uv run --isolated` from the package registry and uv's cache. Skips the
+    calling test, with the reason, where uv is absent or the environment cannot be built (no
+    registry): the script prints ENV_STARTED first, so its own failures still fail."""
     import shutil
 
     import pytest
@@ -52,6 +53,8 @@ def run_isolated(packages: list[str], script: Path, *args: str, cwd: Path,
                "--with", torch_pin]
     for package in packages:
         command += ["--with", package]
+    if with_project:
+        command += ["--with-editable", str(REPO)]
     result = subprocess.run([*command, "python", str(script), *args], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0 and ENV_STARTED not in result.stdout:

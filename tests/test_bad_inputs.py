@@ -30,7 +30,8 @@ MODULES = {"gpt": "models.gpt", "inference": "models.inference",
            "to_hf": "hugging_face.convert_to_hf", "from_hf": "hugging_face.convert_from_hf",
            "publish": "hugging_face.publish_model", "tokenizer": "tokenization.train_tokenizer",
            "prepare": "data.prepare", "benchmark": "scripts.benchmark",
-           "benchmark_data": "scripts.benchmark_data", "plot": "scripts.plot_training"}
+           "benchmark_data": "scripts.benchmark_data", "plot": "scripts.plot_training",
+           "benchmarks": "evaluation.benchmarks", "report": "scripts.report"}
 TINY = ["--preset", "tiny", "--max_iters", "1", "--data_workers", "0", "--sample_tokens", "0"]
 
 
@@ -87,6 +88,15 @@ CASES = [
     ("gpt", [*TINY, "--fsdp", "--optimizer", "adamw"], "start the run with torchrun"),
     ("gpt", [*TINY, "--fsdp"], "optimizer muon with fsdp is not supported"),
     ("gpt", [*TINY, "--data", "{root}/busy"], "too small to split"),
+    ("gpt", [*TINY, "--eval_hellaswag", "-1"], "eval_hellaswag must be >= 0"),
+    # the dry run's planner
+    ("gpt", ["--preset", "1b", "--dry_run", "--hours", "-24"], "--hours: expected a positive"),
+    ("gpt", ["--preset", "1b", "--dry_run", "--tokens", "0"], "--tokens: expected a positive"),
+    ("gpt", ["--preset", "1b", "--dry_run", "--price_per_gpu_hour", "-2"],
+     "--price_per_gpu_hour: expected a number >= 0"),
+    ("gpt", ["--preset", "1b", "--dry_run", "--gpus", "0"], "--gpus: expected a positive"),
+    ("gpt", ["--preset", "1b", "--dry_run", "--gpu_type", "X100"], "unknown --gpu_type 'X100'"),
+    ("gpt", [*TINY, "--hours", "5"], "--hours plan a run: add --dry_run"),
     # generation and evaluation
     ("inference", ["{root}/missing.pt", "--prompt", "x"], "checkpoint not found"),
     ("inference", ["{root}/junk.pt", "--prompt", "x"], "not a"),
@@ -111,6 +121,10 @@ CASES = [
     ("perplexity", ["{root}/missing.pt", "--data", "{root}/corpus.txt"], "checkpoint not found"),
     ("hellaswag", ["{root}/good.pt", "--data", "{root}/missing.jsonl"], "file not found"),
     ("hellaswag", ["{root}/good.pt", "--limit", "0"], "--limit"),
+    ("benchmarks", ["{root}/junk.pt"], "takes a checkpoint of this project or a transformers"),
+    ("benchmarks", ["{root}/busy"], "neither a checkpoint of this project (.pt) nor a"),
+    ("benchmarks", ["{root}/good.pt", "--tasks", ","], "--tasks names no task"),
+    ("benchmarks", ["{root}/good.pt", "--limit", "-1"], "--limit"),
     # Hugging Face
     ("to_hf", ["--checkpoint", "{root}/missing.pt", "--output_dir", "{root}/hf"],
      "checkpoint not found"),
@@ -140,6 +154,8 @@ CASES = [
     ("benchmark", ["--steps", "0"], "--steps"),
     ("benchmark_data", ["--seconds", "nan"], "--seconds"),
     ("plot", ["{root}/missing"], "folder not found"),
+    ("report", ["{root}/missing"], "folder not found"),
+    ("report", ["{root}/busy"], "no train.log in"),
 ]
 
 

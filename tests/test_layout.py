@@ -19,7 +19,8 @@ ENTRY_SCRIPTS = ["models/gpt.py", "models/inference.py", "evaluation/eval_perple
                  "hugging_face/convert_from_hf.py", "hugging_face/publish_model.py",
                  "tokenization/train_tokenizer.py", "data/prepare.py", "scripts/benchmark.py",
                  "scripts/plot_training.py", "scripts/gpu_suite.py",
-                 "scripts/compare_optimizers.py"]
+                 "scripts/compare_optimizers.py", "evaluation/benchmarks.py",
+                 "scripts/report.py"]
 
 
 def modules() -> dict[str, ast.Module]:

@@ -169,7 +169,7 @@ def test_a_missing_dataset_is_one_line(tmp_path):
 
 
 def test_hellaswag_rows_come_from_the_hubs_validation_split(tmp_path, monkeypatch):
-    from evaluation.hellaswag import read_rows
+    from evaluation.hellaswag_scoring import read_rows
 
     repo = tmp_path / "hellaswag"
     (repo / "data").mkdir(parents=True)

@@ -13,7 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from data.clean_text import clean_text
 from evaluation import eval_perplexity
 from evaluation.eval_perplexity import score_tokens, wikitext_detokenize, windows
-from evaluation.hellaswag import Example, encode_pair, judge, load_examples, score_examples
+from evaluation.hellaswag_scoring import (
+    Example,
+    encode_pair,
+    judge,
+    load_examples,
+    score_examples,
+)
 from hugging_face.convert_to_hf import export
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.helpers import FIXTURES, REPO, assert_one_line_error, run_isolated, run_script

@@ -39,7 +39,7 @@ def logged_rates(out_dir) -> dict[int, str]:
 def resume_block(out_dir) -> str:
     text = (out_dir / "train.log").read_text()
     start = text.rindex("resumed from")
-    return text[start:text.index("\nmodel:", start)]
+    return text[start:text.index("\nrun:", start)]  # the session's head follows the block
 
 
 def test_resume_with_only_the_flag_continues_the_run_bitwise(tmp_path):
