@@ -389,7 +389,7 @@ def trainer_row(device: torch.device, params: dict, smoke: bool) -> dict:
             "--global_batch_tokens", str(params["global_batch_tokens"]), "--val_tokens",
             str(params["val_tokens"]), "--eval_interval", "1000", "--save_interval", str(first),
             "--log_interval", "5" if not smoke else "1", "--sample_tokens", "0",
-            "--tensorboard", "false", "--out_dir", str(folder / "run")]
+            "--tensorboard", "false", "--eval_hellaswag", "0", "--out_dir", str(folder / "run")]
     if smoke:
         args += [item for k, v in SMOKE_SHAPE.items() for item in (f"--{k}", str(v))]
         args += ["--batch_size", "2", "--device", "cpu", "--dtype", "fp32", "--data_workers", "0"]
