@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -102,10 +103,14 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "NVIDIA L40": {"bf16": 181e12, "fp16": 181e12, "tf32": 90.5e12},
     "NVIDIA L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12},
     "NVIDIA A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12},
+    "NVIDIA A10G": {"bf16": 70e12, "fp16": 70e12, "tf32": 35e12},  # AWS's, lower clocks
+    "NVIDIA RTX A6000": {"bf16": 154.8e12, "fp16": 154.8e12, "tf32": 77.4e12},
     "NVIDIA GeForce RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12},
     "NVIDIA GeForce RTX 3090": {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12},
     "Tesla V100-SXM2-16GB": _V100_SXM,
     "Tesla V100-SXM2-32GB": _V100_SXM,
+    "Tesla V100-PCIE-16GB": {"fp16": 112e12},
+    "Tesla V100-PCIE-32GB": {"fp16": 112e12},
     "Tesla T4": {"fp16": 65e12},
 }
 
@@ -142,3 +147,12 @@ def planned_peak_flops(gpu_type: str) -> float | None:
     device name as torch reports it), or None if unknown."""
     names = {key.lower(): name for key, name in GPU_TYPES.items()}
     return peak_flops_of(names.get(gpu_type.lower(), gpu_type), torch.bfloat16)
+
+
+def use_expandable_segments() -> None:
+    """Let PyTorch's CUDA allocator grow segments in place instead of caching fixed blocks:
+    little fragmentation, which the micro-batch sizing counts on. It must be set before CUDA
+    starts (the allocator reads it once), so gpt.py sets it first thing; a setting of the
+    user's own is kept."""
+    if not any(name in os.environ for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"

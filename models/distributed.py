@@ -191,8 +191,9 @@ def peer_failure(d: Distributed, err: BaseException) -> str:
     if failed:
         named = "; ".join(f"rank {rank} failed ({why})" for rank, why in sorted(failed.items()))
         return f"rank {d.rank}: another process of this run stopped: {named}; stopping too"
-    return (f"rank {d.rank}: another process of this run stopped or is stuck ({one_line(err)}); "
-            "none reported an error (killed or hung: torchrun's report names its exit code); "
+    return (f"rank {d.rank}: another process of this run stopped, is stuck, or was slower than "
+            f"--collective_timeout_s ({one_line(err)}); none reported an error (killed or hung: "
+            "torchrun's report names its exit code; slow: raise --collective_timeout_s); "
             "stopping too")
 
 

@@ -333,6 +333,9 @@ def config_from_init(path: str, overrides: dict[str, Any]) -> tuple[ModelConfig,
 
 def main(argv: list[str] | None = None) -> None:
     named_preset, overrides, plan_options = parse_args(argv)
+    from models.device import use_expandable_segments
+
+    use_expandable_segments()  # before anything starts CUDA (the speed check, the dtype)
     preset = named_preset or DEFAULT_PRESET
     tokenizer = None
     if overrides.get("resume"):  # the checkpoint's configuration; the flags given change it

@@ -88,6 +88,9 @@ def check_resumable(ckpt: dict[str, Any], model_config: ModelConfig, tokenizer: 
     changes = [{"step": ckpt["step"], "field": key, "from": before[key], "to": value}
                for key, value in dataclasses.asdict(tc).items()
                if key in before and before[key] != value and key not in UNTRACKED]
+    changes += [{"step": ckpt["step"], "field": key, "from": saved.get(key), "to": value}
+                for key, value in dataclasses.asdict(model_config).items()
+                if key in RUNTIME_FIELDS and key in saved and saved[key] != value]
     jump = rate_jump(ckpt, tc)
     if jump and not tc.allow_schedule_change:
         fields = ", ".join(f"{c['field']} {c['from']} -> {c['to']}" for c in changes
@@ -116,8 +119,8 @@ def scheduled_rates(step: int, tc: TrainConfig) -> dict[str, float]:
     """The learning rates of optimizer step `step` (from 0): AdamW's, and Muon's if it differs."""
     lr = learning_rate_at(step, tc)
     rates = {"the learning rate": lr}
-    if tc.optimizer == "muon" and tc.muon_lr:
-        rates["Muon's learning rate"] = lr * tc.muon_lr / tc.learning_rate
+    if tc.optimizer == "muon":  # its own peak, or AdamW's when none is given
+        rates["Muon's learning rate"] = lr * (tc.muon_lr or tc.learning_rate) / tc.learning_rate
     return rates
 
 
@@ -157,4 +160,10 @@ def resume_summary(path: Path, ckpt: dict[str, Any], tc: TrainConfig,
             allowed = " (--allow_schedule_change)" if abs(after - before) > \
                 SCHEDULE_TOLERANCE * before else ""
             lines.append(f"  {name} at step {step}: {before:.3e} -> {after:.3e}{allowed}")
+    if tc.max_iters < tc.lr_decay_iters:
+        last = learning_rate_at(tc.max_iters - 1, tc)
+        lines.append(f"  note: the run now ends at step {tc.max_iters}, before its decay ends "
+                     f"(step {tc.lr_decay_iters}): its last rate is {last:.3e}, not min_lr; "
+                     f"--lr_decay_iters {tc.max_iters} --allow_schedule_change ends the decay "
+                     "there")
     return "\n".join(lines)

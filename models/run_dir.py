@@ -82,11 +82,13 @@ def gigabytes(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB"
 
 
-def check_room(out_dir: Path, checkpoint_bytes: int, numbered: int = 0) -> str | None:
+def check_room(out_dir: Path, checkpoint_bytes: int, numbered: int = 0,
+               written: int = 0) -> str | None:
     """Fail before training, not after an hour: the folder must take a real write, and hold
-    latest.pt and the `numbered` copies --keep_checkpoints keeps, at the estimated size. Returns
-    a warning when it cannot also hold what a run writes at once (a new latest.pt beside the
-    old, and best_model.pt)."""
+    latest.pt and the `numbered` copies --keep_checkpoints keeps, at the estimated size (less
+    the `written` bytes of those already there, which the run replaces). Returns a warning when
+    it cannot also hold what a run writes at once (a new latest.pt beside the old, and
+    best_model.pt)."""
     probe = out_dir / f".write-test-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
@@ -98,7 +100,7 @@ def check_room(out_dir: Path, checkpoint_bytes: int, numbered: int = 0) -> str |
     finally:
         probe.unlink(missing_ok=True)
     free = shutil.disk_usage(out_dir).free
-    needed = (1 + numbered) * checkpoint_bytes
+    needed = max(0, (1 + numbered) * checkpoint_bytes - written)
     what = "one checkpoint needs" if not numbered else \
         f"latest.pt and {numbered} numbered copies (--keep_checkpoints) need"
     if free < needed:
@@ -108,6 +110,12 @@ def check_room(out_dir: Path, checkpoint_bytes: int, numbered: int = 0) -> str |
         return (f"warning: {out_dir} has {gigabytes(free)} free; writing latest.pt and "
                 f"best_model.pt needs up to {gigabytes(needed + 0.5 * checkpoint_bytes)}")
     return None
+
+
+def written_checkpoints(out_dir: Path) -> int:
+    """Bytes of the checkpoints a resumed run will replace or rotate: latest.pt, ckpt_*.pt."""
+    return sum(p.stat().st_size for p in [out_dir / "latest.pt", *out_dir.glob("ckpt_*.pt")]
+               if p.is_file())
 
 
 def checkpoint_bytes(n_params: int) -> int:

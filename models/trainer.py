@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import sys
 import time
@@ -53,6 +52,7 @@ from models.device import (
     peak_flops,
     resolve_device,
     resolve_dtype,
+    use_expandable_segments,
 )
 from models.distributed import Distributed
 from models.estimate import auto_micro_batch, device_memory_bytes
@@ -66,7 +66,7 @@ from models.optim import (
 )
 from models.report import hardware_line, run_line, write_report
 from models.resume import check_resumable, resume_summary
-from models.run_dir import RunLock, check_room, checkpoint_bytes
+from models.run_dir import RunLock, check_room, checkpoint_bytes, written_checkpoints
 from tokenization.tokenizer import Tokenizer
 from transformer_setup.cli import UserError
 from transformer_setup.params import ModelConfig, TrainConfig
@@ -383,14 +383,6 @@ def is_lost_peer(err: BaseException) -> bool:
                                       "Timed out waiting"))  # gloo's timeout
 
 
-def use_expandable_segments() -> None:
-    """Let PyTorch's CUDA allocator grow segments in place instead of caching fixed blocks:
-    little fragmentation, which the micro-batch sizing counts on. Set before CUDA starts; a
-    setting of the user's own is kept."""
-    if not any(name in os.environ for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-
-
 def train(model_config: ModelConfig, tc: TrainConfig, tokenizer: Tokenizer) -> dict[str, float]:
     """Train, owning OUT_DIR (rank 0 holds its lock) for the whole run."""
     use_expandable_segments()
@@ -443,6 +435,8 @@ class Progress:
     good_steps: int = 0  # updates made by this process's run (skipped steps not counted)
     skipped_steps: int = 0  # steps without an update, over the whole run (resumes included)
     bad_in_a_row: int = 0
+    nonfinite_in_a_row: int = 0  # of those, not fp16 overflows (which leave the weights as
+    # they were and finite: saving after one is safe)
     last_loss: float = math.nan
     config_changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     numbered: list[int] = dataclasses.field(default_factory=list)  # steps of the ckpt_STEP.pt
@@ -467,6 +461,7 @@ class Run:
         enable_tf32(device)
         self.ctx = autocast(device, self.dtype)
         auto_batch = tc.batch_size is None
+        self.configured = tc  # as given: an auto micro-batch is chosen again on every resume
         if auto_batch:
             memory = device_memory_bytes(device, tc.gpu_memory_gb)
             tc = self.tc = dataclasses.replace(tc, batch_size=auto_micro_batch(
@@ -474,13 +469,14 @@ class Run:
         self.accumulation = resolve_accumulation(tc, model_config.block_size, d.world_size)
         self.progress = Progress()
         ckpt = load_checkpoint(self.latest_path) if tc.resume else None
-        changes = check_resumable(ckpt, model_config, tokenizer, tc) if ckpt else []
+        changes = check_resumable(ckpt, model_config, tokenizer, self.configured) if ckpt \
+            else []
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.raw_model = GPT(model_config).to(device)
         warning = None
         if d.is_main:
             warning = check_room(self.out_dir, checkpoint_bytes(self.raw_model.num_params()),
-                                 tc.keep_checkpoints)
+                                 tc.keep_checkpoints, written_checkpoints(self.out_dir))
         self.log = RunLog(self.out_dir / "train.log" if d.is_main else None)
         if d.is_main and warning:
             self.log(warning)
@@ -568,7 +564,9 @@ class Run:
         if not d.is_main:
             return None
         payload = {"model_config": dataclasses.asdict(self.model_config),
-                   "train_config": dataclasses.asdict(self.tc),
+                   "train_config": dataclasses.asdict(dataclasses.replace(
+                       self.tc, batch_size=self.configured.batch_size)),
+                   "micro_batch": self.tc.batch_size,
                    "tokenizer": self.tokenizer.spec(), "model": model_state, "step": p.step,
                    "tokens_seen": p.tokens_seen, "best_val_loss": p.best_val_loss,
                    "validation": self.validation.identity, "world_size": d.world_size,
@@ -666,8 +664,9 @@ class Run:
                 if p.step % tc.eval_interval == 0 or p.step == tc.max_iters:
                     self.evaluate_and_sample(writer)
                     meter.restart()
-                if p.step % tc.save_interval == 0 and p.bad_in_a_row == 0:
-                    self.save_latest()  # never replaces a good checkpoint during a bad streak
+                if p.step % tc.save_interval == 0 and p.nonfinite_in_a_row == 0:
+                    self.save_latest()  # never during a non-finite streak (fp16 overflows are
+                    # skips that leave the weights as they were: saving after one is safe)
                     meter.restart()
                 if distributed.any_rank(stop.requested, d, self.device):
                     self.save_final()
@@ -716,6 +715,7 @@ class Run:
         p.tokens_seen += self.tokens_per_step
         if not result.skipped:
             p.good_steps, p.bad_in_a_row, p.last_loss = p.good_steps + 1, 0, result.loss
+            p.nonfinite_in_a_row = 0
             return result
         p.bad_in_a_row += 1
         p.skipped_steps += 1
@@ -723,6 +723,7 @@ class Run:
             why = f"fp16 gradient overflow (loss scale now {self.scaler.get_scale():g})"
         else:
             why = "non-finite loss or gradient"
+            p.nonfinite_in_a_row += 1
         self.log(f"warning: step {p.step}: {why} (loss {result.loss}, gradient norm "
                  f"{result.grad_norm}); update skipped")
         if p.bad_in_a_row >= self.tc.max_bad_steps:

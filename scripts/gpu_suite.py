@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transformer_setup.cli import ArgumentParser, positive_int, run_main
+from transformer_setup.cli import ArgumentParser, UserError, positive_int, run_main
 from transformer_setup.params import ModelConfig, build_configs
 
 if TYPE_CHECKING:
@@ -117,7 +117,8 @@ def plan(device_bytes: float, smoke: bool) -> list[Section]:
                 dict(ours, micro_batch=peer, peer_shape=True)),
         Section("transformers_compiled", f"transformers Llama, compiled, micro-batch {peer}", 240,
                 dict(ours, micro_batch=peer, model="transformers")),
-        Section("ours_eager", f"ours, eager, micro-batch {micro}", 120, dict(ours, compile=False)),
+        Section("ours_eager", f"ours, eager, micro-batch {peer} (for transformers)", 120,
+                dict(ours, micro_batch=peer, peer_shape=True, compile=False)),
         Section("transformers_eager", f"transformers Llama, eager, micro-batch {peer}", 120,
                 dict(ours, micro_batch=peer, model="transformers", compile=False)),
         Section("full_checkpointing", f"full checkpointing, micro-batch {full_batch}, compiled",
@@ -496,7 +497,12 @@ def main(argv: list[str] | None = None) -> None:
     # whose context would take memory from the sections'.
     start = time.monotonic()
     rows = run_suite([ENVIRONMENT], args.budget_s, smoke=args.smoke, table=False)
-    sections = plan(rows[0].get("memory_bytes") or 80e9, args.smoke)
+    try:
+        sections = plan(rows[0].get("memory_bytes") or 80e9, args.smoke)
+    except UserError as err:  # a card too small for the 1b preset: the table says so, and ends
+        rows.append({"section": "plan", "error": str(err)})
+        print_table(rows)
+        return
     if args.sections:
         sections = [s for s in sections if s.key in args.sections]
     run_suite(sections, args.budget_s - (time.monotonic() - start), smoke=args.smoke, rows=rows)

@@ -164,7 +164,8 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
     keep_checkpoints: int = 0  # also keep the last k numbered checkpoints (ckpt_STEP.pt); 0: none
     max_bad_steps: int = 10  # non-finite steps in a row before the run stops
-    collective_timeout_s: float = 300.0  # torchrun: how long a process waits for the others
+    collective_timeout_s: float = 1800.0  # torchrun: how long a process waits for the others
+    # (long enough for rank 0 to write a 1b checkpoint, ~13 GB, to a slow disk)
     # (a stuck or lost rank) before the run stops; above the longest wait of a healthy run, rank
     # 0 writing latest.pt (12.7 GB for the 1b preset: 2 minutes at 100 MB/s)
     tensorboard: bool = True  # write TensorBoard logs to out_dir
@@ -210,6 +211,9 @@ class TrainConfig:
         _require(self.profile >= 0, f"profile must be >= 0 (got {self.profile})")
         _require(self.global_batch_tokens is None or self.global_batch_tokens > 0,
                  f"global_batch_tokens must be positive (got {self.global_batch_tokens})")
+        _require(self.batch_size is not None or self.global_batch_tokens is not None,
+                 "an auto batch_size is chosen to divide global_batch_tokens: give "
+                 "--batch_size with --accumulation_steps, or --global_batch_tokens")
         _require(self.global_batch_tokens is None or self.accumulation_steps == 1,
                  f"give global_batch_tokens ({self.global_batch_tokens}) or accumulation_steps "
                  f"({self.accumulation_steps}), not both: one decides the other")
@@ -305,6 +309,8 @@ def apply_overrides(model_base: dict[str, Any], train_base: dict[str, Any],
     train_kwargs = {**train_base, **{k: v for k, v in overrides.items() if k in train_fields}}
     if "accumulation_steps" in overrides and "global_batch_tokens" not in overrides:
         train_kwargs["global_batch_tokens"] = None
+    if "global_batch_tokens" in overrides and "accumulation_steps" not in overrides:
+        train_kwargs["accumulation_steps"] = 1  # derived from it
     return ModelConfig(**model_kwargs), TrainConfig(**train_kwargs)
 
 

@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from models import trainer as trainer_module
-from models.device import enable_tf32, peak_flops, peak_flops_of, resolve_dtype
-from models.trainer import train, use_expandable_segments
+from models.device import (
+    enable_tf32,
+    peak_flops,
+    peak_flops_of,
+    resolve_dtype,
+    use_expandable_segments,
+)
+from models.trainer import train
 from tokenization.tokenizer import byte_tokenizer
 from transformer_setup.cli import UserError
 from transformer_setup.params import build_configs

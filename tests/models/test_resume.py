@@ -277,3 +277,35 @@ def test_the_loss_is_the_mean_over_the_global_batchs_target_tokens(tmp_path):
     assert ranks["loss"] == pytest.approx(loss.item(), rel=1e-5)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(ranks["weights"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_an_auto_micro_batch_is_chosen_again_on_every_resume(tmp_path):
+    """Saved as given (auto), so a run may resume on other cards or GPU counts."""
+    out = tmp_path / "run"
+    main(["--preset", "tiny", "--block_size", "32", "--max_iters", "2", "--sample_tokens", "0",
+          "--val_tokens", "1024", "--data_workers", "0", "--tensorboard", "false",
+          "--out_dir", str(out)])
+    ckpt = torch.load(out / "latest.pt", weights_only=True)
+    assert ckpt["train_config"]["batch_size"] is None and ckpt["micro_batch"] == 128
+    main(["--resume", "--max_iters", "3", "--out_dir", str(out)])
+    assert "with the checkpoint's configuration" in resume_block(out)  # not a change
+
+
+def test_muon_and_runtime_flags_on_resume_are_seen(tmp_path):
+    out = tmp_path / "run"
+    main([*RUN[:-2], "--max_iters", "3", "--warmup_iters", "0", "--out_dir", str(out)])
+    with pytest.raises(UserError, match="Muon.s learning rate at step 4 .* \\(x80.00\\)"):
+        main(["--resume", "--max_iters", "4", "--muon_lr", "0.08", "--out_dir", str(out)])
+    main(["--resume", "--max_iters", "4", "--dropout", "0.1", "--out_dir", str(out)])
+    assert "dropout: 0.0 -> 0.1" in resume_block(out)
+
+
+def test_the_room_check_counts_the_checkpoints_a_resume_replaces(tmp_path, monkeypatch):
+    (tmp_path / "latest.pt").write_bytes(b"\0" * 1000)
+    (tmp_path / "ckpt_0000010.pt").write_bytes(b"\0" * 1000)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda path: usage(0, 0, 1500))
+    with pytest.raises(UserError, match="free"):
+        run_dir.check_room(tmp_path, 1000, numbered=1)  # a new run would need 2,000
+    assert run_dir.check_room(tmp_path, 1000, numbered=1,
+                              written=run_dir.written_checkpoints(tmp_path)) is None
