@@ -15,6 +15,7 @@ marked with a dagger.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import tempfile
@@ -70,6 +71,13 @@ PUBLISHED: dict[tuple[str, str], dict[str, Published]] = {
 }
 
 
+def batch_size(text: str) -> str:
+    """--batch_size: a positive number, or auto (the harness's own search)."""
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
+
+
 def model_source(path: str) -> tuple[Path | None, dict[str, Any] | None]:
     """(a transformers folder, None) or (None, our checkpoint): anything else is refused in one
     line, before the harness is imported or anything is exported."""
@@ -81,8 +89,8 @@ def model_source(path: str) -> tuple[Path | None, dict[str, Any] | None]:
             raise UserError(f"{path} is a folder without config.json: neither a checkpoint of "
                             "this project (.pt) nor a transformers model folder")
         return given, None
-    try:
-        return None, load_checkpoint(given)
+    try:  # mapped, not read: a 1b latest.pt holds ~13 GB, mostly optimizer state never used
+        return None, load_checkpoint(given, mmap=True)
     except CheckpointError as err:
         raise UserError(f"{err}; benchmarks.py takes a checkpoint of this project or a "
                         "transformers model folder") from None
@@ -142,10 +150,10 @@ def run(folder: Path, tasks: list[str], manager: Any, args: Any) -> dict[str, An
 
 
 def scores(results: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, Any]]:
-    """Per task: the harness's metrics (value and standard error) and its number of shots."""
+    """Per task the harness scored (a group or tag named in --tasks is its tasks): its metrics
+    (value and standard error) and its number of shots."""
     out = {}
-    for task in tasks:
-        raw = results["results"][task]
+    for task, raw in results["results"].items():
         metrics = {}
         for key, value in raw.items():
             name, _, filtered = key.partition(",")
@@ -219,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="score the first N documents of each task (below 1: a fraction)")
     parser.add_argument("--include_path", default=None,
                         help="a folder of task YAML files of your own (e.g. on local data)")
-    parser.add_argument("--batch_size", default="8", help="per forward pass, or auto")
+    parser.add_argument("--batch_size", type=batch_size, default="8",
+                        help="per forward pass, or auto")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs) | bf16 | fp16 | fp32")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
@@ -227,11 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks names no task")
-    folder, ckpt = model_source(args.checkpoint)
+    folder, ckpt = model_source(args.checkpoint)  # mapped: cheap to check first
     lm_eval = harness()
     manager = task_manager(args.include_path, tasks)
     with tempfile.TemporaryDirectory(prefix="benchmarks-") as workspace:
         folder, kind = model_folder(folder, ckpt, Path(workspace))
+        del ckpt  # exported: the harness loads the folder
         measured = scores(run(folder, tasks, manager, args), tasks)
     if args.json:
         print(json.dumps({"model": args.checkpoint, "model_kind": kind,

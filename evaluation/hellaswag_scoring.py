@@ -65,6 +65,9 @@ def preprocess(text: str) -> str:
 
 def to_example(row: dict) -> Example:
     """A row in HellaSwag's format, as the harness's process_docs builds its document."""
+    if not isinstance(row, dict):
+        raise UserError(f"a row is not in HellaSwag's format (a JSON {type(row).__name__}, "
+                        "not an object)")
     missing = [name for name in FIELDS if name not in row]
     if missing:
         raise UserError(f"a row is not in HellaSwag's format (missing {', '.join(missing)}; "
@@ -147,13 +150,21 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str
 
 
 def pick(values: Sequence[float]) -> int:
-    """The index of the largest value, the first of equals (numpy's argmax)."""
-    return max(range(len(values)), key=values.__getitem__)
+    """The index of the largest value, the first of equals, as numpy's argmax picks it (a NaN
+    counts as the largest)."""
+    import numpy as np
+
+    return int(np.argmax(np.asarray(values, dtype=float)))
 
 
 def judge(log_likelihoods: Sequence[float], example: Example) -> Scored:
-    normalised = [ll / len(choice) for ll, choice in zip(log_likelihoods, example.choices,
-                                                          strict=True)]
+    """acc and acc_norm as the harness computes them: log-likelihood over the choice's length
+    in characters, in numpy (an empty choice divides by zero: -inf, or NaN for 0 / 0)."""
+    import numpy as np
+
+    lengths = np.array([len(choice) for choice in example.choices], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = np.asarray(log_likelihoods, dtype=float) / lengths
     return Scored(tuple(log_likelihoods), int(pick(log_likelihoods) == example.label),
                   int(pick(normalised) == example.label))
 

@@ -240,6 +240,11 @@ def amount(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
+# --gpu_type's memory (GB), where it is smaller than the dry run's default 80 GB.
+GPU_MEMORY_GB = {"A100-40GB": 40, "L40S": 48, "L40": 48, "L4": 24, "A10": 24, "A10G": 24,
+                 "RTX4090": 24, "RTX3090": 24}
+
+
 def plan_peak_flops(tc: TrainConfig, gpu_type: str | None) -> float:
     """One GPU's dense bf16 peak: --gpu_type's from the table, else --gpu_tflops."""
     from models.device import GPU_TYPES, planned_peak_flops
@@ -263,6 +268,10 @@ def print_plan(model_config: ModelConfig, tc: TrainConfig, options: dict[str, An
     gpus, gpu_type = options.get("gpus", 1), options.get("gpu_type")
     peak = plan_peak_flops(tc, gpu_type)
     plan = Plan(gpus, peak, tc.assumed_mfu, flops_per_token, n_params)
+    card_gb = GPU_MEMORY_GB.get(str(gpu_type).upper())
+    if card_gb is not None and card_gb < tc.gpu_memory_gb:
+        print(f"warning: the layout above is sized for {tc.gpu_memory_gb:g} GB; a {gpu_type} has "
+              f"{card_gb:g} GB: add --gpu_memory_gb {card_gb:g} to size for it")
     name = f"{gpu_type} ({peak / 1e12:g} TFLOP/s" if gpu_type else f"GPU ({peak / 1e12:g} TFLOP/s"
     print(f"plan: {gpus} x {name} dense bf16 each) at {100 * tc.assumed_mfu:g}% MFU, assumed "
           "(--assumed_mfu; scripts/gpu_suite.py measures it on a GPU), scaling perfectly "

@@ -89,6 +89,7 @@ EVAL = re.compile(r"^step (\d+): val loss ([\d.naif]+) \| val bits/byte ([\d.nai
 RUN = re.compile(r"^run: started (\S+ \S+) \| commit (.+?) \| command: (.*)$")
 DEVICE = re.compile(r"^device: (\S+) x (\d+) process\(es\), dtype (\w+), ([\d,]+) tokens per step")
 RESUMED = re.compile(r"^resumed from (.+?) at step (\d+)")
+DONE = re.compile(r"^done: (\d+) steps .*?, ([\d,]+) tokens")
 
 
 @dataclass
@@ -118,7 +119,8 @@ class Record:
     max_iters: int = 0
     hellaswag: str = ""  # which examples, as the trainer logged it
     warnings: list[str] = field(default_factory=list)
-    end: str = ""  # the last `done:` or `stopped at` line, if the last session wrote one
+    end: str = ""  # the last session's `done:` line, if it wrote one
+    stopped: bool = False  # the last session stopped on a request (Ctrl-C, preemption)
     resuming: int | None = None  # a `resumed from` line read, its session not begun yet
 
     @property
@@ -169,14 +171,14 @@ def read_other(line: str, record: Record) -> None:
     if m := RUN.match(line):  # a session's first header line (logged after `resumed from`)
         record.sessions.append(Session(datetime.strptime(m[1], TIME_FORMAT), m[2], m[3],
                                        resumed_at=record.resuming))
-        record.end, record.resuming = "", None
+        record.end, record.stopped, record.resuming = "", False, None
     elif m := RESUMED.match(line):
         record.forget_after(int(m[2]))
         record.resuming = int(m[2])
     elif line.startswith("model: "):
         if not record.sessions or record.session.model:  # a log written before run lines
             record.sessions.append(Session(resumed_at=record.resuming))
-            record.end, record.resuming = "", None
+            record.end, record.stopped, record.resuming = "", False, None
         record.session.model = line[len("model: "):]
     elif m := DEVICE.match(line):
         s = record.session
@@ -189,7 +191,9 @@ def read_other(line: str, record: Record) -> None:
         record.hellaswag = line[len("hellaswag: "):]
     elif line.startswith("warning: "):
         record.warnings.append(line[len("warning: "):])
-    elif line.startswith(("done: ", "stopped at step ")):
+    elif line.startswith("stopped at step "):
+        record.stopped = True
+    elif line.startswith("done: "):
         record.end = line
 
 
@@ -387,14 +391,16 @@ class Facts:
 
 
 def facts(record: Record, out_dir: Path, latest: dict[str, Any] | None) -> Facts:
-    last_step = max([*record.steps, *record.evals, 0])
-    if record.end.startswith("done: "):
-        status = f"finished, {last_step:,} of {record.max_iters:,} steps"
-    elif record.end:
+    done = DONE.match(record.end)
+    last_step = max([*record.steps, *record.evals, int(done[1]) if done else 0, 0])
+    if done and record.stopped:
         status = f"stopped at step {last_step:,} of {record.max_iters:,} (`--resume` continues)"
+    elif done:
+        status = f"finished, {last_step:,} of {record.max_iters:,} steps"
     else:
         status = f"in progress (or interrupted): step {last_step:,} of {record.max_iters:,}"
-    tokens = last_step * record.session.tokens_per_step if record.session.tokens_per_step \
+    tokens = int(done[2].replace(",", "")) if done else \
+        last_step * record.session.tokens_per_step if record.session.tokens_per_step \
         else (latest or {}).get("tokens_seen")
     logged = list(record.steps.values())
     spans = session_seconds(record, out_dir)

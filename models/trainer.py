@@ -180,8 +180,8 @@ def hellaswag_examples(tc: TrainConfig, d: Distributed, log) -> list[Example]:
     def read() -> tuple[list[Example], str | None]:  # every rank gets the same answer
         try:
             return load_examples(tc.hellaswag_data), None
-        except (UserError, OSError) as err:
-            return [], str(err)
+        except Exception as err:  # unreadable, malformed, unreachable: never the run's end
+            return [], str(err).splitlines()[0][:200] if str(err) else type(err).__name__
 
     examples, problem = distributed.on_main(read, d)
     if problem is not None:

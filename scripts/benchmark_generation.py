@@ -65,7 +65,8 @@ def generation_row(ckpt: dict, device: torch.device, dtype: torch.dtype, prompt_
 
     def run_ours() -> list[int]:
         with ctx:
-            return generate_ids(ours, prompt, new_tokens, temperature=0, stop_id=tok.eot_id)[0]
+            return generate_ids(ours, prompt, new_tokens, temperature=0, stop_id=tok.eot_id,
+                                n_vocab=tok.n_vocab)[0]
 
     def run_theirs() -> list[int]:
         with torch.no_grad(), ctx:

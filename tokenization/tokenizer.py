@@ -337,8 +337,10 @@ def _probe(tokenizer: Tokenizer, path: Path) -> None:
     from tokenizers import Tokenizer as RustTokenizer
 
     try:
-        theirs = RustTokenizer.from_file(str(path)).encode_batch(list(PROBE_TEXTS),
-                                                                 add_special_tokens=False)
+        rust = RustTokenizer.from_file(str(path))
+        rust.no_padding()  # batch settings of the file are not how text encodes
+        rust.no_truncation()
+        theirs = rust.encode_batch(list(PROBE_TEXTS), add_special_tokens=False)
     except Exception as err:  # tokenizers raises plain Exceptions
         raise TokenizerError(f"{path}: the tokenizers library cannot read it "
                              f"({str(err).splitlines()[0][:160]})") from None

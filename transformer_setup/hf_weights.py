@@ -117,7 +117,7 @@ def _rope_theta(hf_config: PretrainedConfig) -> float:
 def llama_misfits(hf_config: PretrainedConfig) -> list[str]:
     misfits = []
     act = getattr(hf_config, "hidden_act", "silu")
-    if act != "silu":
+    if act not in ("silu", "swish"):  # transformers' swish is silu
         misfits.append(f"hidden_act={act!r} (SwiGLU here gates with silu)")
     for key, rope in _rope_dicts(hf_config):
         if any(isinstance(v, dict) for v in rope.values()):

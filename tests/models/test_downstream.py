@@ -81,11 +81,14 @@ def test_the_same_scores_at_1_and_2_processes(mode, hellaswag_file, tmp_path):
     assert re.search(r"^run: .* \| command: torchrun --nnodes 1 --nproc_per_node 2 ", log, re.M)
 
 
-@pytest.mark.parametrize("source", ["missing file", "unreachable Hub"])
+@pytest.mark.parametrize("source", ["missing file", "unreachable Hub", "malformed row"])
 def test_an_unreadable_source_is_one_line_and_training_goes_on(source, tmp_path):
     data, env = str(tmp_path / "missing.jsonl"), None
     if source == "unreachable Hub":
         data, env = "hellaswag", {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    if source == "malformed row":  # a JSON line that is not an object
+        data = str(tmp_path / "rows.jsonl")
+        (tmp_path / "rows.jsonl").write_text("null\n")
     result = run_script("models/gpt.py", "--preset", "tiny", "--block_size", "32",
                         "--batch_size", "4", "--accumulation_steps", "1", "--max_iters", "2",
                         "--eval_interval", "2", "--eval_iters", "1", "--sample_tokens", "0",
@@ -95,8 +98,9 @@ def test_an_unreadable_source_is_one_line_and_training_goes_on(source, tmp_path)
     log = (tmp_path / "run" / "train.log").read_text()
     mentions = [line for line in log.splitlines() if "hellaswag" in line.lower()
                 and not line.startswith(("training: ", "run: "))]
-    expected = f"file not found: {data}" if source == "missing file" else \
-        "cannot reach dataset 'Rowan/hellaswag' on the Hugging Face Hub"
+    expected = {"missing file": f"file not found: {data}",
+                "unreachable Hub": "cannot reach dataset 'Rowan/hellaswag' on the Hugging Face Hub",
+                "malformed row": "a row is not in HellaSwag's format"}[source]
     assert len(mentions) == 1 and mentions[0].startswith(
         f"warning: --eval_hellaswag is off for this run: {expected}")
     assert "step 2: val loss" in log and "done: 2 steps" in log

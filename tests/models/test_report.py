@@ -85,3 +85,15 @@ def test_a_resumed_log_keeps_the_branch_it_resumed(tmp_path):
     assert [s.resumed_at for s in record.sessions] == [None, 2]
     assert [s.world_size for s in record.sessions] == [1, 2]
     assert record.end.startswith("done: ")
+
+
+def test_a_stopped_run_is_reported_as_stopped_at_its_last_step(tmp_path):
+    from models.report import Record, facts, read_other
+
+    record = Record(max_iters=600)
+    for line in ("stopped at step 42: latest.pt saved; continue with --resume",
+                 "done: 42 steps (0 skipped), 172,032 tokens, best val loss 2.1000; latest.pt "
+                 "holds step 42"):
+        read_other(line, record)
+    stated = facts(record, tmp_path, None)
+    assert stated.status.startswith("stopped at step 42 of 600") and stated.tokens == 172_032
