@@ -71,6 +71,28 @@ def test_stride_equal_to_context_is_disjoint_chunks():
     assert score.loss == pytest.approx(total / (16 * 6), rel=1e-6)
 
 
+def transformers_loss(folder, text: str, stride: int, max_tokens: int | None = None
+                      ) -> tuple[float, int]:
+    """Sliding-window loss written independently, on transformers' model and tokenizer:
+    <|endoftext|>, then the text; every token after the first scored once. (mean, count)"""
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor([tok.eos_token_id, *tok(text)["input_ids"]][:max_tokens])
+    context, nats, count, prev_end = hf.config.max_position_embeddings, 0.0, 0, 1
+    with torch.no_grad():
+        for begin in range(0, len(ids), stride):
+            end = min(begin + context + 1, len(ids))
+            if prev_end >= end:
+                break
+            logits = hf(ids[begin:end - 1][None]).logits[0]
+            targets = ids[begin + 1:end].clone()
+            targets[:prev_end - begin - 1] = -100  # scored by an earlier window
+            nats += F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
+            count += int((targets != -100).sum())
+            prev_end = end
+    return nats / count, count
+
+
 @pytest.mark.skipif(not WIKITEXT_TEST.exists(), reason="WikiText-2 fixture absent")
 def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_path, capsys):
     out_dir, _ = quickstart
@@ -84,30 +106,34 @@ def test_perplexity_equals_transformers_on_the_exported_model(quickstart, tmp_pa
     ours = json.loads(result.stdout)
 
     # The same computation, written independently, through transformers on the export.
-    hf = AutoModelForCausalLM.from_pretrained(exported).eval()
-    hf_tok = AutoTokenizer.from_pretrained(exported)
     text = clean_text(WIKITEXT_TEST.read_text(encoding="utf-8"))
-    ids = torch.tensor([hf_tok.eos_token_id, *hf_tok(text)["input_ids"]][:max_tokens])
-    context, nats, count, prev_end = hf.config.max_position_embeddings, 0.0, 0, 1
-    with torch.no_grad():
-        for begin in range(0, len(ids), stride):
-            end = min(begin + context + 1, len(ids))
-            if prev_end >= end:
-                break
-            logits = hf(ids[begin:end - 1][None]).logits[0]
-            targets = ids[begin + 1:end].clone()
-            targets[:prev_end - begin - 1] = -100  # scored by an earlier window
-            nats += F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
-            count += int((targets != -100).sum())
-            prev_end = end
+    loss, count = transformers_loss(exported, text, stride, max_tokens)
     assert ours["tokens"] == count == max_tokens - 1
-    assert ours["perplexity"] == pytest.approx(math.exp(nats / count), rel=1e-4)
-    assert ours["loss"] == pytest.approx(nats / count, rel=1e-4)
+    assert ours["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+    assert ours["loss"] == pytest.approx(loss, rel=1e-4)
 
     eval_perplexity.main([str(exported), "--data", str(WIKITEXT_TEST), "--max_tokens",
                           str(max_tokens), "--stride", str(stride), "--json"])
     folder = json.loads(capsys.readouterr().out)  # the transformers folder, through our code
     assert folder["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
+
+
+@pytest.mark.skipif(not WIKITEXT_TEST.exists(), reason="WikiText-2 fixture absent")
+def test_a_text_file_scores_as_transformers_scores_the_same_text(quickstart, tmp_path):
+    """A .txt file is one document (not one per unit of the data layer): the same score as
+    transformers' sliding window over the same cleaned text."""
+    out_dir, _ = quickstart
+    text = WIKITEXT_TEST.read_text(encoding="utf-8")[:20_000]
+    (tmp_path / "wiki.txt").write_text(text)
+    result = run_script("evaluation/eval_perplexity.py", str(out_dir / "best_model.pt"),
+                        "--data", str(tmp_path / "wiki.txt"), "--stride", "64", "--json",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ours = json.loads(result.stdout)
+    export(load_checkpoint(out_dir / "best_model.pt"), tmp_path / "hf")
+    loss, count = transformers_loss(tmp_path / "hf", clean_text(text), stride=64)
+    assert ours["tokens"] == count
+    assert ours["perplexity"] == pytest.approx(math.exp(loss), rel=1e-3)
 
 
 def perplexity_json(capsys, checkpoint, *args: str) -> dict:

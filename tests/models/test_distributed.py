@@ -219,5 +219,6 @@ def test_a_stuck_rank_times_out_in_one_line_naming_it(tmp_path, reports):
         assert line == ("rank 0: another process of this run stopped: rank 1 failed "
                         "(ValueError: CUDA out of memory on this rank); stopping too")
     else:
-        assert line.startswith("rank 0: another process of this run stopped or is stuck (") \
+        assert line.startswith("rank 0: another process of this run stopped, is stuck, or was "
+                               "slower than --collective_timeout_s (") \
             and "none reported an error" in line and "\n" not in line
