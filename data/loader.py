@@ -218,9 +218,11 @@ class UnitReader:
                                       stream=lane))
         return self.pools[lane % len(self.pools)].submit(_read_in_worker, unit, piece, lane)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Stop the workers: reads not started are dropped; with `wait`, the ones under way
+        are let finish first (nothing of this reader runs after it returns)."""
         for pool in self.pools:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)
         self.pools = []
 
 

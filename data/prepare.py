@@ -149,7 +149,7 @@ def prepare_split(source: Source, split: str, tokenizer: Tokenizer, folder: Path
                 pending_tokens = 0
             progress.update(1)
     finally:
-        reader.close()
+        reader.close(wait=True)  # an interrupted run leaves no worker reading behind it
     progress.close()
     if pending and sum(map(len, pending)):
         flush()
